@@ -1,0 +1,84 @@
+"""The thesis metrics for bone-age predictions, in months.
+
+One place computes them so `edgeba evaluate`, training reports and benchmarks agree:
+errors are prediction - truth (positive = over-estimate); relative error is |error| / truth.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Iterable
+
+import numpy as np
+
+METRIC_KEYS = ("mae", "mse", "rmse", "max_error", "mean_error", "mean_relative_error", "n")
+
+
+def _arrays(y_true: Iterable[float], y_pred: Iterable[float]) -> tuple[np.ndarray, np.ndarray]:
+    t = np.asarray(list(y_true) if not isinstance(y_true, np.ndarray) else y_true, dtype=np.float64).ravel()
+    p = np.asarray(list(y_pred) if not isinstance(y_pred, np.ndarray) else y_pred, dtype=np.float64).ravel()
+    if t.shape != p.shape:
+        raise ValueError(f"y_true has {t.size} values but y_pred has {p.size}")
+    if t.size == 0:
+        raise ValueError("no predictions to score")
+    return t, p
+
+
+def mae(y_true, y_pred) -> float:
+    t, p = _arrays(y_true, y_pred)
+    return float(np.mean(np.abs(p - t)))
+
+
+def mse(y_true, y_pred) -> float:
+    t, p = _arrays(y_true, y_pred)
+    return float(np.mean((p - t) ** 2))
+
+
+def rmse(y_true, y_pred) -> float:
+    return float(np.sqrt(mse(y_true, y_pred)))
+
+
+def max_error(y_true, y_pred) -> float:
+    t, p = _arrays(y_true, y_pred)
+    return float(np.max(np.abs(p - t)))
+
+
+def mean_error(y_true, y_pred) -> float:
+    """Signed mean (bias): positive when the model over-estimates bone age."""
+    t, p = _arrays(y_true, y_pred)
+    return float(np.mean(p - t))
+
+
+def mean_relative_error(y_true, y_pred) -> float:
+    """Mean of |error| / truth, as a fraction; cases with truth 0 are left out (undefined)."""
+    t, p = _arrays(y_true, y_pred)
+    keep = t != 0
+    if not keep.any():
+        return float("nan")
+    return float(np.mean(np.abs(p[keep] - t[keep]) / np.abs(t[keep])))
+
+
+def all_metrics(y_true, y_pred) -> dict[str, float | int]:
+    """Every thesis metric, keyed exactly as METRIC_KEYS (the `evaluate --json` keys)."""
+    t, p = _arrays(y_true, y_pred)
+    return {
+        "mae": mae(t, p),
+        "mse": mse(t, p),
+        "rmse": rmse(t, p),
+        "max_error": max_error(t, p),
+        "mean_error": mean_error(t, p),
+        "mean_relative_error": mean_relative_error(t, p),
+        "n": int(t.size),
+    }
+
+
+def mae_by_group(y_true, y_pred, groups: Iterable[Hashable]) -> dict[Hashable, dict[str, float | int]]:
+    """{group: {"mae": ..., "n": ...}} for e.g. sex or age band (see dataset.age_bin), sorted by group."""
+    t, p = _arrays(y_true, y_pred)
+    g = list(groups)
+    if len(g) != t.size:
+        raise ValueError(f"{len(g)} group labels for {t.size} predictions")
+    out: dict[Hashable, dict[str, float | int]] = {}
+    for key in sorted(set(g), key=str):
+        idx = np.array([x == key for x in g])
+        out[key] = {"mae": float(np.mean(np.abs(p[idx] - t[idx]))), "n": int(idx.sum())}
+    return out
