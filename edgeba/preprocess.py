@@ -1,0 +1,53 @@
+"""The one preprocessing chain from (image, mask) to the regressor input.
+
+Training, export calibration and every runtime backend call `regressor_input`; the parameters
+travel in each model's manifest (`PreprocessConfig.to_dict`) so a model cannot be fed differently
+from how it was trained.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+
+import numpy as np
+
+from edgeba.crop import canonical_crop, plain_resize
+from edgeba.enhance import normalize, sharpen
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    input_size: int = 256  # regressor input side (px)
+    enhance: bool = True  # thesis edge enhancement (off for the ablation)
+    segment: bool = True  # mask + rotate + crop (off = plain letterbox of the whole image, ablation)
+    margin: float = 0.04  # crop margin around the hand, fraction of its longer side
+    unet_size: int = 128  # U-Net input side (px)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "PreprocessConfig":
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+def crop_stage(pixels: np.ndarray, mask: np.ndarray | None, cfg: PreprocessConfig) -> np.ndarray:
+    """Geometry only (cacheable): the letterboxed hand, or the whole image when segment is off."""
+    if cfg.segment:
+        if mask is None:
+            raise ValueError("this model expects a segmented hand: a mask is required")
+        return canonical_crop(pixels, mask, cfg.input_size, cfg.margin)[0]
+    return plain_resize(pixels, cfg.input_size)
+
+
+def enhance_stage(crop: np.ndarray, cfg: PreprocessConfig) -> np.ndarray:
+    """Intensity: normalise within the hand (or whole frame), then optionally sharpen."""
+    region = crop > 0 if cfg.segment else np.ones(crop.shape, bool)
+    x = normalize(crop, region)
+    return sharpen(x) if cfg.enhance else x
+
+
+def regressor_input(pixels: np.ndarray, mask: np.ndarray | None, cfg: PreprocessConfig) -> np.ndarray:
+    """float32 (S, S) in [0, 1]: what the regressor sees for this image."""
+    return enhance_stage(crop_stage(pixels, mask, cfg), cfg).astype(np.float32)
