@@ -1,0 +1,74 @@
+"""The bone-age regressor, in the thesis' form and in a quantization-friendly form.
+
+thesis: each block Conv3x3(ELU) -> Conv1x1(ELU) -> BatchNorm -> MaxPool (the faithful baseline).
+        No INT8 toolchain quantizes ELU, and a BatchNorm after the activation cannot fold into the conv.
+relu:   each block Conv3x3 -> BN -> ReLU -> Conv1x1 -> BN -> ReLU -> MaxPool, same widths: BN folds
+        into the convs and every op has an INT8 kernel.
+Both: then Conv 64 -> BN -> MaxPool, Dropout, GlobalAveragePooling, and a head that optionally
+takes the patient's sex (input "sex", 1 = male, 0 = female).
+"""
+
+from __future__ import annotations
+
+import keras
+from keras import layers
+
+WIDTHS = (32, 64, 128, 128, 256, 384)
+VARIANTS = ("thesis", "relu")
+
+
+def _block(x, filters: int, variant: str, name: str):
+    if variant == "thesis":
+        x = layers.Conv2D(filters, 3, padding="same", activation="elu", name=f"{name}_conv3")(x)
+        x = layers.Conv2D(filters, 1, activation="elu", name=f"{name}_conv1")(x)
+        x = layers.BatchNormalization(name=f"{name}_bn")(x)
+    else:
+        for k in (3, 1):
+            x = layers.Conv2D(filters, k, padding="same", use_bias=False, name=f"{name}_conv{k}")(x)
+            x = layers.BatchNormalization(name=f"{name}_bn{k}")(x)
+            x = layers.ReLU(name=f"{name}_relu{k}")(x)
+    return layers.MaxPooling2D(2, name=f"{name}_pool")(x)
+
+
+def build_regressor(variant: str = "relu", input_size: int = 256, sex_input: bool = True, dropout: float = 0.3) -> keras.Model:
+    """Output: normalised bone age ((months - mean) / std), shape (batch, 1)."""
+    if variant not in VARIANTS:
+        raise ValueError(f"variant must be one of {VARIANTS}")
+    image = keras.Input((input_size, input_size, 1), name="image")
+    x = image
+    for i, f in enumerate(WIDTHS):
+        x = _block(x, f, variant, f"b{i + 1}")
+    if variant == "thesis":
+        x = layers.Conv2D(64, 3, padding="same", activation="elu", name="top_conv")(x)
+        x = layers.BatchNormalization(name="top_bn")(x)
+    else:
+        x = layers.Conv2D(64, 3, padding="same", use_bias=False, name="top_conv")(x)
+        x = layers.BatchNormalization(name="top_bn")(x)
+        x = layers.ReLU(name="top_relu")(x)
+    x = layers.MaxPooling2D(2, name="top_pool")(x)
+    x = layers.Dropout(dropout, name="dropout")(x)
+    x = layers.GlobalAveragePooling2D(name="gap")(x)
+    inputs = [image]
+    if sex_input:
+        sex = keras.Input((1,), name="sex")
+        inputs.append(sex)
+        s = layers.Dense(16, activation="relu", name="sex_embed")(sex)
+        x = layers.Concatenate(name="concat")([x, s])
+        x = layers.Dense(32, activation="relu", name="head")(x)
+    out = layers.Dense(1, name="age")(x)
+    return keras.Model(inputs, out, name=f"regressor_{variant}")
+
+
+def count_macs(model: keras.Model) -> int:
+    """Multiply-accumulates of one image through the Conv2D / Dense / DepthwiseConv2D layers."""
+    total = 0
+    for layer in model.layers:
+        if isinstance(layer, (layers.Conv2D, layers.Conv2DTranspose, layers.DepthwiseConv2D)):
+            out = layer.output.shape  # (1, H, W, C)
+            kh, kw = layer.kernel_size
+            cin = layer.input.shape[-1]
+            per_out = kh * kw * (1 if isinstance(layer, layers.DepthwiseConv2D) else cin)
+            total += out[1] * out[2] * out[3] * per_out
+        elif isinstance(layer, layers.Dense):
+            total += layer.input.shape[-1] * layer.units
+    return int(total)

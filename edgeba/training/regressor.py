@@ -1,0 +1,216 @@
+"""Train and evaluate the bone-age regressor from a crop cache (see crops.py).
+
+Runs on any Keras 3 backend: TensorFlow on the CPU here, JAX on a GPU machine.
+Splits: fit on `train`, choose the epoch (early stopping / best checkpoint) on `tune`,
+report on `val` only at the end.
+Resumable: rerunning the same command continues from the last finished epoch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import cv2
+import keras
+import numpy as np
+
+from edgeba import dataset, metrics
+from edgeba.preprocess import PreprocessConfig, enhance_stage
+from edgeba.training.crops import load_crop_cache
+from edgeba.training.nets import build_regressor, count_macs
+
+
+@dataclass
+class RegressorConfig:
+    variant: str = "relu"  # "relu" (INT8-friendly) or "thesis" (ELU, faithful baseline)
+    sex_input: bool = True
+    preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
+    epochs: int = 120
+    batch_size: int = 32  # the thesis' batch size
+    lr: float = 1e-3
+    dropout: float = 0.3
+    patience: int = 30  # early stopping on tune MAE
+    augment: bool = True
+    tta: bool = True  # average predictions over a few fixed small shifts/scales at evaluation
+    seed: int = 0
+    time_budget_s: float = 0.0  # stop training after this many seconds (0 = no limit)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["preprocess"] = self.preprocess.to_dict()
+        return d
+
+
+def _affine(x: np.ndarray, angle: float, scale: float, dx: float, dy: float) -> np.ndarray:
+    s = x.shape[0]
+    m = cv2.getRotationMatrix2D((s / 2, s / 2), angle, scale)
+    m[:, 2] += (dx * s, dy * s)
+    return cv2.warpAffine(x, m, (s, s), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+
+
+def augment(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Radiograph-safe augmentation on a [0,1] crop: small rotation/scale/shift and gamma.
+    No flips: it is always the left hand. Linear brightness/contrast changes would be undone by
+    normalisation, so intensity is varied by gamma instead."""
+    x = _affine(x, rng.uniform(-10, 10), rng.uniform(0.9, 1.1), rng.uniform(-0.05, 0.05), rng.uniform(-0.05, 0.05))
+    return np.power(np.clip(x, 0, 1), rng.uniform(0.75, 1.33)).astype(np.float32)
+
+
+TTA_VIEWS = ((0, 1.0, 0, 0), (0, 1.05, 0, 0), (0, 0.95, 0, 0), (4, 1.0, 0, 0), (-4, 1.0, 0, 0))
+
+
+class CropBatches(keras.utils.PyDataset):
+    """Batches of ({"image", "sex"}, target) with on-the-fly augmentation and the shared enhance stage."""
+
+    def __init__(self, crops, male, target, cfg: RegressorConfig, train: bool, **kw):
+        super().__init__(**kw)
+        self.crops, self.male, self.target, self.cfg, self.train = crops, male, target, cfg, train
+        self.epoch = 0
+        self.order = np.arange(len(crops))
+        self.on_epoch_end()
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.crops) / self.cfg.batch_size)
+
+    def on_epoch_end(self) -> None:
+        if self.train:
+            self.epoch += 1
+            self.order = np.random.default_rng([self.cfg.seed, self.epoch]).permutation(len(self.crops))
+
+    def __getitem__(self, i: int):
+        idx = self.order[i * self.cfg.batch_size : (i + 1) * self.cfg.batch_size]
+        xs = []
+        for j in idx:
+            x = self.crops[j].astype(np.float32) / 255.0
+            if self.train and self.cfg.augment:
+                x = augment(x, np.random.default_rng([self.cfg.seed, self.epoch, int(j)]))
+            xs.append(enhance_stage(x, self.cfg.preprocess))
+        inputs = {"image": np.stack(xs)[..., None]}
+        if self.cfg.sex_input:
+            inputs["sex"] = self.male[idx, None].astype(np.float32)
+        return inputs, self.target[idx, None].astype(np.float32)
+
+
+def model_inputs(crops: np.ndarray, male: np.ndarray, cfg: RegressorConfig, view=(0, 1.0, 0, 0)) -> dict:
+    xs = [enhance_stage(_affine(c.astype(np.float32) / 255.0, *view) if view != (0, 1.0, 0, 0) else c.astype(np.float32) / 255.0, cfg.preprocess) for c in crops]
+    inputs = {"image": np.stack(xs)[..., None]}
+    if cfg.sex_input:
+        inputs["sex"] = male[:, None].astype(np.float32)
+    return inputs
+
+
+def predict_months(model, crops, male, cfg: RegressorConfig, target: dict, tta: bool) -> np.ndarray:
+    views = TTA_VIEWS if tta else TTA_VIEWS[:1]
+    outs = [model.predict(model_inputs(crops, male, cfg, v), batch_size=64, verbose=0)[:, 0] for v in views]
+    return np.mean(outs, axis=0) * target["std"] + target["mean"]
+
+
+class TimeBudget(keras.callbacks.Callback):
+    def __init__(self, seconds: float):
+        super().__init__()
+        self.seconds, self.start = seconds, time.time()
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.seconds and time.time() - self.start > self.seconds:
+            self.model.stop_training = True
+
+
+def _report(model, cache, cfg, target, split, run_dir: Path) -> dict:
+    sel = cache["split"] == split
+    out = {}
+    for tta in ((False, True) if cfg.tta else (False,)):
+        pred = predict_months(model, cache["crops"][sel], cache["male"][sel], cfg, target, tta)
+        true = cache["age"][sel]
+        m = metrics.all_metrics(true, pred)
+        m["mae_by_sex"] = {("male" if k else "female"): v for k, v in metrics.mae_by_group(true, pred, cache["male"][sel].astype(int)).items()}
+        m["mae_by_age_band"] = {dataset.AGE_BAND_NAMES[k]: v for k, v in metrics.mae_by_group(true, pred, [dataset.age_bin(a) for a in true]).items()}
+        out["tta" if tta else "plain"] = m
+        with open(run_dir / f"predictions_{split}{'_tta' if tta else ''}.csv", "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["id", "boneage_months", "male", "predicted_months"])
+            for row in zip(cache["ids"][sel], true, cache["male"][sel].astype(int), np.round(pred, 2)):
+                w.writerow(row)
+    return out
+
+
+def train(cache_path: Path, run_dir: Path, cfg: RegressorConfig, workers: int = 2) -> dict:
+    keras.utils.set_random_seed(cfg.seed)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    cache = load_crop_cache(cache_path)
+    geometry = ("input_size", "segment", "margin")
+    if any(cache["preprocess"][k] != getattr(cfg.preprocess, k) for k in geometry):
+        raise ValueError(f"cache was cropped with {cache['preprocess']}, config wants {cfg.preprocess.to_dict()}")
+    tr, tu = cache["split"] == "train", cache["split"] == "tune"
+    target = {"mean": float(cache["age"][tr].mean()), "std": float(cache["age"][tr].std())}
+    norm = (cache["age"] - target["mean"]) / target["std"]
+    (run_dir / "config.json").write_text(json.dumps({**cfg.to_dict(), "target": target, "cache": str(cache_path), "backend": keras.config.backend()}, indent=2))
+
+    model = build_regressor(cfg.variant, cfg.preprocess.input_size, cfg.sex_input, cfg.dropout)
+    steps = len(CropBatches(cache["crops"][tr], cache["male"][tr], norm[tr], cfg, True)) * cfg.epochs
+    schedule = keras.optimizers.schedules.CosineDecay(cfg.lr, decay_steps=steps, alpha=0.02)
+    model.compile(optimizer=keras.optimizers.Adam(schedule), loss="mse", metrics=["mae"])
+    train_data = CropBatches(cache["crops"][tr], cache["male"][tr], norm[tr], cfg, True, workers=workers, use_multiprocessing=False, max_queue_size=8)
+    tune_data = (model_inputs(cache["crops"][tu], cache["male"][tu], cfg), norm[tu, None])
+    callbacks = [
+        keras.callbacks.BackupAndRestore(str(run_dir / "backup")),
+        keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=True),
+        keras.callbacks.ModelCheckpoint(str(run_dir / "best.keras"), monitor="val_mae", save_best_only=True),
+        keras.callbacks.EarlyStopping(monitor="val_mae", patience=cfg.patience),
+        TimeBudget(cfg.time_budget_s),
+    ]
+    t0 = time.time()
+    model.fit(train_data, validation_data=tune_data, epochs=cfg.epochs, callbacks=callbacks, verbose=2)
+    train_s = time.time() - t0
+
+    best = keras.models.load_model(run_dir / "best.keras")
+    best.save(run_dir / "regressor.keras")
+    result = {
+        "config": cfg.to_dict(),
+        "target": target,
+        "train_seconds": round(train_s, 1),
+        "backend": keras.config.backend(),
+        "params": int(best.count_params()),
+        "gmac": round(count_macs(best) / 1e9, 4),
+        "n_train": int(tr.sum()),
+        "tune": _report(best, cache, cfg, target, "tune", run_dir),
+        "val": _report(best, cache, cfg, target, "val", run_dir),
+    }
+    (run_dir / "metrics.json").write_text(json.dumps(result, indent=2))
+    return result
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description="Train the bone-age regressor from a crop cache.")
+    p.add_argument("--cache", type=Path, required=True, help="npz from edgeba.training.crops.build_crop_cache")
+    p.add_argument("--run-dir", type=Path, required=True)
+    p.add_argument("--variant", choices=("relu", "thesis"), default="relu")
+    p.add_argument("--no-sex", action="store_true", help="ablation: no sex input")
+    p.add_argument("--no-enhance", action="store_true", help="ablation: no edge enhancement")
+    p.add_argument("--no-segment", action="store_true", help="ablation: plain letterbox of the whole image (needs a matching cache)")
+    p.add_argument("--size", type=int, default=256)
+    p.add_argument("--epochs", type=int, default=120)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--patience", type=int, default=30)
+    p.add_argument("--time-budget", type=float, default=0.0, help="seconds of training before stopping")
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--seed", type=int, default=0)
+    a = p.parse_args(argv)
+    cfg = RegressorConfig(
+        variant=a.variant,
+        sex_input=not a.no_sex,
+        preprocess=PreprocessConfig(input_size=a.size, enhance=not a.no_enhance, segment=not a.no_segment),
+        epochs=a.epochs, lr=a.lr, patience=a.patience, time_budget_s=a.time_budget, seed=a.seed,
+    )
+    result = train(a.cache, a.run_dir, cfg, workers=a.workers)
+    print(json.dumps({"val": result["val"], "tune_mae": result["tune"]["plain"]["mae"]}, indent=1))
+    return result
+
+
+if __name__ == "__main__":
+    main()
