@@ -1,0 +1,37 @@
+"""OpenVINO IR models (CPU plugin, latency hint, fixed thread count)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from edgeba.backends.common import base_name, bind
+from edgeba.manifest import ModelFiles
+
+
+class Runner:
+    name = "openvino"
+
+    def __init__(self, files: ModelFiles, threads: int):
+        import openvino as ov
+
+        core = ov.Core()
+        model = core.read_model(str(files.path), str(files.weights) if files.weights else None)
+        config = {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY"}
+        self.format = files.format
+        self.compiled = core.compile_model(model, "CPU", config)
+        self.request = self.compiled.create_infer_request()
+        # An IR input can carry several names; the Keras one is among them.
+        self.inputs = []
+        for port in self.compiled.inputs:
+            names = sorted(port.get_names(), key=len) or [f"input_{port.get_index()}"]
+            shape = tuple(d.get_length() if d.is_static else -1 for d in port.get_partial_shape())
+            self.inputs.append((port, names, shape))
+
+    def _name(self, names: list[str], given: dict) -> str:
+        return next((n for n in names if base_name(n) in given), names[0])
+
+    def run(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
+        named = [(self._name(names, inputs), port, shape) for port, names, shape in self.inputs]
+        bound = bind(inputs, [(n, s) for n, _, s in named])
+        result = self.request.infer({port: np.asarray(bound[n], np.float32) for n, port, _ in named})
+        return np.asarray(result[self.compiled.output(0)], np.float32)

@@ -1,0 +1,155 @@
+"""Many radiographs -> one results CSV, written row by row so no finished work is ever lost.
+
+The CSV holds exactly one row per input file however often the command is rerun:
+- a rerun keeps every successful row and redoes only the files without one (errors are retried);
+- each row is flushed and fsync'ed as soon as it is known, so a run killed even by SIGKILL leaves a
+  readable file with every finished row (at worst a partial last line, which the next run drops);
+- the file is rewritten (for dropped error rows) through a temporary file and an atomic rename.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from edgeba.errors import EdgebaError, InputError
+
+FIELDS = (
+    "file", "status", "bone_age_months", "bone_age", "sex", "sex_source", "chronological_age_months",
+    "bone_minus_chronological_months", "backend", "model", "mask_ok", "total_ms", "warnings", "error",
+)
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".dcm", ".dicom"}
+
+
+@dataclass
+class BatchSummary:
+    total: int
+    done: int  # predicted in this run
+    skipped: int  # already successful in the results file
+    failed: int
+
+    @property
+    def ok(self) -> bool:
+        return self.failed == 0
+
+
+def expand(inputs: Iterable[str | os.PathLike]) -> list[str]:
+    """Files to process, as absolute paths, each once: folders contribute their images (recursively,
+    sorted; DICOM files often have no suffix, so files without one count too); a path that does not
+    exist stays in the list and becomes an error row."""
+    out: dict[str, None] = {}
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            for f in sorted(p.rglob("*")):
+                if f.is_file() and not f.name.startswith(".") and (f.suffix.lower() in IMAGE_SUFFIXES or not f.suffix):
+                    out[os.path.abspath(f)] = None
+        else:
+            out[os.path.abspath(p)] = None
+    return list(out)
+
+
+def _line(row: dict) -> str:
+    buf = io.StringIO()
+    csv.DictWriter(buf, fieldnames=FIELDS, lineterminator="\n").writerow({k: row.get(k, "") for k in FIELDS})
+    return buf.getvalue()
+
+
+def read_results(path: Path) -> list[dict]:
+    """Rows of an existing results file, without a partial last line left by a killed run."""
+    if not path.exists():
+        return []
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"{path}: cannot read the existing results file ({type(exc).__name__})") from None
+    if not text:
+        return []
+    if not text.endswith("\n"):
+        text = text[: text.rfind("\n") + 1]  # the row being written when the run was killed
+    reader = csv.DictReader(io.StringIO(text))
+    if tuple(reader.fieldnames or ()) != FIELDS:
+        raise InputError(f"{path}: exists and is not an edgeba results file; choose another --out")
+    return [r for r in reader if r.get("file") and r.get("status") in ("ok", "error")]
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _rewrite(path: Path, rows: list[dict]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", encoding="utf-8", newline="") as f:
+        f.write(",".join(FIELDS) + "\n")
+        for r in rows:
+            f.write(_line(r))
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def _ok_row(file: str, pred) -> dict:
+    j = pred.to_json()
+    return {
+        **{k: j.get(k) for k in ("bone_age_months", "bone_age", "sex", "sex_source", "chronological_age_months",
+                                 "bone_minus_chronological_months", "backend", "model")},
+        "file": file, "status": "ok",
+        "mask_ok": "" if pred.mask_quality is None else int(pred.mask_quality["ok"]),
+        "total_ms": j["timings_ms"].get("total"),
+        "warnings": " | ".join(pred.warnings),
+    }
+
+
+def run(
+    inputs: Iterable[str | os.PathLike],
+    out: str | os.PathLike,
+    predict: Callable[[str], object],
+    progress: Callable[[int, int, str], None] | None = None,
+) -> BatchSummary:
+    """Predict every input not yet successful in `out`; `predict(file)` returns a Prediction or raises
+    EdgebaError. `progress(done, todo, file)` is called once before the first file and after each."""
+    out = Path(out)
+    if out.exists() and not out.is_file():
+        raise InputError(f"{out}: --out must be a file")
+    if not out.parent.is_dir():
+        raise InputError(f"{out}: folder {out.parent} does not exist")
+    files = expand(inputs)
+    if not files:
+        raise InputError("no input files found")
+    wanted = set(files)
+    kept: dict[str, dict] = {}
+    for r in read_results(out):
+        if r["status"] == "ok" or r["file"] not in wanted:
+            kept[r["file"]] = r  # the last row of a file wins, so the file ends with one per file
+    _rewrite(out, list(kept.values()))
+    todo = [f for f in files if kept.get(f, {}).get("status") != "ok"]
+    if progress:
+        progress(0, len(todo), "")
+    failed = 0
+    with open(out, "a", encoding="utf-8", newline="") as f:
+        for k, file in enumerate(todo, start=1):
+            try:
+                row = _ok_row(file, predict(file))
+            except EdgebaError as exc:
+                failed += 1
+                row = {"file": file, "status": "error", "error": str(exc)}
+            f.write(_line(row))
+            f.flush()
+            os.fsync(f.fileno())
+            if progress:
+                progress(k, len(todo), file)
+    return BatchSummary(total=len(files), done=len(todo), skipped=len(files) - len(todo), failed=failed)

@@ -1,0 +1,150 @@
+"""The runtime pipeline: load -> segment (U-Net) -> mask QC -> preprocess -> regress, timed per stage.
+
+A Predictor opens the model once (verified against its manifest) and then predicts file after file.
+It never guesses: a model that needs the patient's sex gets it from the caller or the DICOM header,
+or the prediction fails; a mask that fails QC is refused unless the caller forces it (then warned).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from edgeba import regress
+from edgeba.backends import choose, default_threads, open_stage
+from edgeba.errors import InputError, SegmentationError
+from edgeba.io import Radiograph, load_image
+from edgeba.manifest import load_manifest
+from edgeba.preprocess import PreprocessConfig, regressor_input
+
+SEXES = ("male", "female")
+
+
+@dataclass
+class Prediction:
+    file: str
+    bone_age_months: float
+    sex: str | None  # the sex given to the model (None when the model does not use it)
+    sex_source: str  # "argument", "dicom" or "unused"
+    backend: str
+    model: str
+    timings_ms: dict[str, float]
+    mask_quality: dict | None  # {"ok", "reasons", "metrics"}; None for a model without segmentation
+    warnings: list[str]
+    chronological_age_months: float | None = None
+    bone_minus_chronological_months: float | None = None
+    radiograph: Radiograph | None = field(default=None, repr=False)
+    mask: np.ndarray | None = field(default=None, repr=False)
+
+    def to_json(self) -> dict:
+        return {
+            "file": self.file,
+            "bone_age_months": round(self.bone_age_months, 2),
+            "bone_age": regress.years_months(self.bone_age_months),
+            "sex": self.sex,
+            "sex_source": self.sex_source,
+            "backend": self.backend,
+            "model": self.model,
+            "timings_ms": {k: round(v, 2) for k, v in self.timings_ms.items()},
+            "mask_quality": self.mask_quality,
+            "warnings": list(self.warnings),
+            "chronological_age_months": self.chronological_age_months,
+            "bone_minus_chronological_months": (
+                None if self.bone_minus_chronological_months is None else round(self.bone_minus_chronological_months, 2)
+            ),
+        }
+
+
+def _ms(t0: float) -> float:
+    return (time.perf_counter() - t0) * 1000.0
+
+
+class Predictor:
+    def __init__(self, model_dir: str | Path | None = None, backend: str = "auto", threads: int | None = None):
+        t0 = time.perf_counter()
+        self.manifest = load_manifest(model_dir)
+        self.backend = choose(self.manifest, backend)
+        self.threads = threads or default_threads()
+        self.cfg = PreprocessConfig.from_dict(self.manifest.preprocess)
+        self.target = self.manifest.target
+        self.unet = open_stage(self.manifest, "segment", self.backend, self.threads) if self.cfg.segment else None
+        self.regressor = open_stage(self.manifest, "regress", self.backend, self.threads)
+        self.formats = {"regress": self.regressor.format} | ({"segment": self.unet.format} if self.unet else {})
+        self.load_ms = _ms(t0)
+
+    def _sex(self, rad: Radiograph, sex: str | None, name: str) -> tuple[str | None, str, list[str]]:
+        if sex is not None and sex not in SEXES:
+            raise InputError(f"sex must be 'male' or 'female', got {sex!r}")
+        if not self.manifest.sex_input:
+            return None, "unused", []
+        if sex is None and rad.sex is None:
+            raise InputError(
+                f"{name}: this model needs the patient's sex and the file does not record it; "
+                "pass --sex male or --sex female"
+            )
+        if sex is None:
+            return rad.sex, "dicom", []
+        warn = [f"--sex {sex} overrides the file's PatientSex ({rad.sex})"] if rad.sex and rad.sex != sex else []
+        return sex, "argument", warn
+
+    def predict(self, path: str | Path, sex: str | None = None, force: bool = False) -> Prediction:
+        """One radiograph -> Prediction. Raises InputError / SegmentationError / ModelError."""
+        timings: dict[str, float] = {}
+        name = Path(path).name
+        t_all = t0 = time.perf_counter()
+        rad = load_image(path)
+        timings["load"] = _ms(t0)
+        used_sex, source, warnings = self._sex(rad, sex, name)
+        warnings = list(rad.warnings) + warnings
+
+        mask, quality = None, None
+        if self.unet is not None:
+            from edgeba.quality import mask_quality
+            from edgeba.segment import mask_from_prob, unet_input
+
+            t0 = time.perf_counter()
+            x, box = unet_input(rad.pixels, self.cfg.unet_size)
+            prob = self.unet.run({"image": x[None, :, :, None]})
+            mask = mask_from_prob(prob, box, rad.shape)
+            timings["segment"] = _ms(t0)
+            q = mask_quality(mask)
+            quality = {"ok": bool(q.ok), "reasons": list(q.reasons), "metrics": q.metrics}
+            if not q.ok:
+                why = "; ".join(q.reasons) or "mask failed the quality checks"
+                if not force or not mask.any():
+                    raise SegmentationError(f"{name}: no plausible hand found ({why})")
+                warnings.append(f"segmentation failed quality checks ({why}); result forced, do not trust it")
+
+        t0 = time.perf_counter()
+        x = regressor_input(rad.pixels, mask, self.cfg)
+        timings["preprocess"] = _ms(t0)
+
+        t0 = time.perf_counter()
+        feed = {"image": x[None, :, :, None]}
+        if self.manifest.sex_input:
+            feed["sex"] = np.array([[1.0 if used_sex == "male" else 0.0]], np.float32)
+        age = regress.months(self.regressor.run(feed), self.target)
+        timings["regress"] = _ms(t0)
+        timings["total"] = _ms(t_all)
+        if (w := regress.plausibility_warning(age)) is not None:
+            warnings.append(w)
+
+        diff = None if rad.age_months is None else age - rad.age_months
+        return Prediction(
+            file=str(path),
+            bone_age_months=age,
+            sex=used_sex,
+            sex_source=source,
+            backend=self.backend,
+            model=self.manifest.name,
+            timings_ms=timings,
+            mask_quality=quality,
+            warnings=warnings,
+            chronological_age_months=rad.age_months,
+            bone_minus_chronological_months=diff,
+            radiograph=rad,
+            mask=mask,
+        )
