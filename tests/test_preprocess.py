@@ -1,0 +1,54 @@
+"""The one preprocessing chain (what training, export calibration and inference all call)."""
+
+import numpy as np
+import pytest
+
+from edgeba import dataset
+from edgeba.io import load_image
+from edgeba.preprocess import PreprocessConfig, crop_stage, enhance_stage, regressor_input
+from edgeba.segment import bootstrap_mask
+
+
+@pytest.fixture(scope="module")
+def radiograph():
+    case = next(c for c in dataset.cases() if c.id == "10043")
+    pixels = load_image(case.image_path).pixels
+    return pixels, bootstrap_mask(pixels)
+
+
+def test_regressor_input_shape_range_and_determinism(radiograph):
+    pixels, mask = radiograph
+    cfg = PreprocessConfig(input_size=192)
+    a = regressor_input(pixels, mask, cfg)
+    b = regressor_input(pixels, mask, cfg)
+    assert a.shape == (192, 192) and a.dtype == np.float32
+    assert a.min() >= 0 and a.max() <= 1
+    assert np.array_equal(a, b)
+
+
+def test_enhance_flag_is_the_only_difference(radiograph):
+    pixels, mask = radiograph
+    on = regressor_input(pixels, mask, PreprocessConfig(enhance=True))
+    off = regressor_input(pixels, mask, PreprocessConfig(enhance=False))
+    assert np.array_equal(on > 0, off > 0) or (on > 0).sum() >= (off > 0).sum() * 0.95
+    assert np.abs(on - off).mean() > 0.02  # sharpening really changes the image
+
+
+def test_chain_is_crop_then_enhance(radiograph):
+    pixels, mask = radiograph
+    cfg = PreprocessConfig()
+    assert np.array_equal(regressor_input(pixels, mask, cfg), enhance_stage(crop_stage(pixels, mask, cfg), cfg))
+
+
+def test_without_segmentation_the_whole_image_is_used(radiograph):
+    pixels, _ = radiograph
+    cfg = PreprocessConfig(segment=False)
+    x = regressor_input(pixels, None, cfg)
+    assert x.shape == (256, 256)
+    with pytest.raises(ValueError, match="mask"):
+        regressor_input(pixels, None, PreprocessConfig(segment=True))
+
+
+def test_config_round_trips_through_a_manifest_dict():
+    cfg = PreprocessConfig(input_size=224, enhance=False)
+    assert PreprocessConfig.from_dict({**cfg.to_dict(), "unknown_key": 1}) == cfg
