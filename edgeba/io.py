@@ -167,6 +167,8 @@ def _read_dicom(path: Path, name: str) -> tuple[np.ndarray, dict]:
         warnings.simplefilter("ignore")  # pydicom warns about every non-conformant tag; we only need a few
         try:
             ds = pydicom.dcmread(str(path))
+            if "PixelData" not in ds:
+                raise InputError(f"{name}: DICOM file holds no image (no pixel data)")
             rows, cols = int(getattr(ds, "Rows", 0) or 0), int(getattr(ds, "Columns", 0) or 0)
             _check_size(cols, rows, name)  # before decoding: a huge frame could exhaust a Pi
             raw = ds.pixel_array
@@ -250,7 +252,7 @@ def load_image(path: str | os.PathLike) -> Radiograph:
     meta["warnings"] += warn
     if float(pixels.std()) < 0.01:
         raise InputError(f"{name}: image is blank or nearly uniform")
-    if looks_inverted(pixels):
+    if fmt != "dicom" and looks_inverted(pixels):  # DICOM says its polarity (MONOCHROME1/2) itself
         pixels = 1.0 - pixels
         meta["warnings"].append("image looked inverted (bright background); inverted it back")
     return Radiograph(
