@@ -56,41 +56,56 @@ def annotated_keypoints() -> dict[str, dict]:
     return {i: k for i, k in dataset.keypoints().items() if k["bbox"][2] > 0 and k["visible"].any()}
 
 
+class Evaluator:
+    """Accumulates the measures one mask at a time (full-resolution masks do not fit in memory)."""
+
+    def __init__(self):
+        self.kp = annotated_keypoints()
+        self.rois = set(dataset.bone_roi_ids())
+        self.rows: dict[str, dict] = {}
+
+    def add(self, i: str, mask: np.ndarray, ok: bool | None = None) -> None:
+        row = {"ok": mask_quality(mask).ok if ok is None else ok}
+        if i in self.kp:
+            row["kcov"] = keypoint_coverage(mask, self.kp[i]["points"])
+            row["leak"] = leakage(mask, self.kp[i]["points"], self.kp[i]["bbox"])
+        if i in self.rois:
+            roi = cv2.imread(str(dataset.rsna_root() / "bone_rois" / f"{i}.png"), cv2.IMREAD_GRAYSCALE)
+            row["rcov"] = roi_coverage(mask, roi)
+        self.rows[i] = row
+
+    def summary(self, ids: list[str]) -> dict:
+        rows = [self.rows[i] for i in ids if i in self.rows]
+        kcov = [r["kcov"] for r in rows if "kcov" in r]
+        leak = [r["leak"] for r in rows if "leak" in r]
+        rcov = [r["rcov"] for r in rows if "rcov" in r]
+
+        def stat(v, f):
+            return round(float(f(v)), 4) if v else None
+
+        return {
+            "images": len(rows),
+            "missing": len(ids) - len(rows),
+            "failure_rate": stat([not r["ok"] for r in rows], np.mean),
+            "keypoint_ids": len(kcov),
+            "keypoint_coverage": stat(kcov, np.mean),
+            "keypoint_full_images": stat([c == 1.0 for c in kcov], np.mean),
+            "roi_ids": len(rcov),
+            "roi_coverage": stat(rcov, np.mean),
+            "roi_coverage_min": stat(rcov, np.min),
+            "leakage_median": stat(leak, np.median),
+            "leakage_p90": stat(leak, lambda v: np.percentile(v, 90)),
+        }
+
+
 def evaluate(get_mask: Callable[[str], np.ndarray | None], ids: list[str]) -> dict:
     """Summary of all four measures over `ids`; get_mask(id) returns a mask or None (missing)."""
-    kp = annotated_keypoints()
-    rois = set(dataset.bone_roi_ids())
-    kcov, leak, rcov, fails, missing = [], [], [], 0, 0
+    ev = Evaluator()
     for i in ids:
         m = get_mask(i)
-        if m is None:
-            missing += 1
-            continue
-        fails += not mask_quality(m).ok
-        if i in kp:
-            kcov.append(keypoint_coverage(m, kp[i]["points"]))
-            leak.append(leakage(m, kp[i]["points"], kp[i]["bbox"]))
-        if i in rois:
-            roi = cv2.imread(str(dataset.rsna_root() / "bone_rois" / f"{i}.png"), cv2.IMREAD_GRAYSCALE)
-            rcov.append(roi_coverage(m, roi))
-    n = len(ids) - missing
-
-    def stat(v, f):
-        return round(float(f(v)), 4) if v else None
-
-    return {
-        "images": n,
-        "missing": missing,
-        "failure_rate": round(fails / max(n, 1), 4),
-        "keypoint_ids": len(kcov),
-        "keypoint_coverage": stat(kcov, np.mean),
-        "keypoint_full_images": stat([c == 1.0 for c in kcov], np.mean),
-        "roi_ids": len(rcov),
-        "roi_coverage": stat(rcov, np.mean),
-        "roi_coverage_min": stat(rcov, np.min),
-        "leakage_median": stat(leak, np.median),
-        "leakage_p90": stat(leak, lambda v: np.percentile(v, 90)),
-    }
+        if m is not None:
+            ev.add(i, m)
+    return ev.summary(ids)
 
 
 def evaluate_dir(mask_dir: Path, split: str | None = None) -> dict:

@@ -1,0 +1,115 @@
+"""Stage 2, segment: hand mask of a radiograph (numpy/OpenCV only; the U-Net itself runs elsewhere).
+
+- `bootstrap_mask`: classical mask, no model. Used to make the first U-Net training targets and as a
+  fallback. Radiographs here often show a brighter collimation field around the hand, so no single
+  global threshold works; we threshold at many levels and let the QC checks pick the level whose
+  largest component looks most like a hand.
+- `unet_input` / `mask_from_prob`: letterboxed model input and the full-resolution mask from the
+  U-Net's probability map.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from edgeba.quality import mask_quality
+
+WORK_SIDE = 256  # bootstrap resolution: fingers stay several pixels wide, a call stays ~0.1 s
+N_LEVELS = 24  # thresholds tried by the bootstrap
+GROW = 0.006  # final dilation radius / longest image side
+
+
+@dataclass(frozen=True)
+class Letterbox:
+    """Where the image sits inside the square model input."""
+
+    scale: float  # model px per image px
+    top: int
+    left: int
+    height: int  # content size inside the square
+    width: int
+
+
+def largest_component(mask: np.ndarray) -> np.ndarray:
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
+    if n <= 1:
+        return np.zeros(mask.shape, np.uint8)
+    return (labels == 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))).astype(np.uint8)
+
+
+def fill_holes(mask: np.ndarray) -> np.ndarray:
+    """Fill everything enclosed by the outer contours (bones inside the soft tissue are hand too)."""
+    contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+    out = np.zeros(mask.shape, np.uint8)
+    cv2.drawContours(out, contours, -1, 1, thickness=cv2.FILLED)
+    return out
+
+
+def _resize_mask(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Upsample through a linear float resize so edges come out smooth, not blocky."""
+    big = cv2.resize(mask.astype(np.float32), (shape[1], shape[0]), interpolation=cv2.INTER_LINEAR)
+    return (big >= 0.5).astype(np.uint8)
+
+
+def _stretch(x: np.ndarray) -> np.ndarray:
+    """Robust contrast stretch so exposure differences do not move the thresholds."""
+    lo, hi = np.percentile(x, (0.5, 99.5))
+    return np.clip((x - lo) / max(hi - lo, 1e-6), 0, 1).astype(np.float32)
+
+
+def _candidate(smooth: np.ndarray, level: float, kernel: np.ndarray) -> np.ndarray:
+    raw = (smooth > level).astype(np.uint8)
+    # A wide opening cuts the thin bright lines along the collimation edge and the bridges to labels
+    # and lead markers; growing the survivor back inside the raw mask restores finger edges.
+    core = largest_component(cv2.morphologyEx(raw, cv2.MORPH_OPEN, kernel))
+    return fill_holes(cv2.dilate(core, kernel) & raw)
+
+
+def _score(mask: np.ndarray) -> tuple:
+    q = mask_quality(mask)
+    m = q.metrics
+    # Passing masks first, then hand-like shape (finger gaps), then fewer problems, then the largest
+    # area (the lowest passing level keeps the most soft tissue).
+    return (q.ok, min(m.get("finger_gaps", 0), 4), -len(q.reasons), m.get("area_frac", 0.0))
+
+
+def bootstrap_mask(pixels: np.ndarray) -> np.ndarray:
+    """Classical hand mask, uint8 {0,1}, same shape as `pixels` (float [0,1], bone bright)."""
+    h, w = pixels.shape
+    s = min(1.0, WORK_SIDE / max(h, w))
+    small = cv2.resize(pixels.astype(np.float32), (max(1, round(w * s)), max(1, round(h * s))), interpolation=cv2.INTER_AREA)
+    # Median removes film grain and the thin strokes of printed labels; Gaussian evens the soft tissue.
+    smooth = cv2.GaussianBlur(cv2.medianBlur((_stretch(small) * 255).astype(np.uint8), 5), (0, 0), 1.5)
+    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (7, 7))
+    lo, hi = np.percentile(smooth, (5, 95))
+    levels = np.linspace(lo, hi, N_LEVELS)
+    best = max((_candidate(smooth, t, kernel) for t in levels), key=_score)
+    # The passing level sits inside the blurred soft-tissue edge: grow the mask by GROW of the image
+    # side so fingertips are not clipped (a slightly generous mask costs the crop nothing).
+    r = max(1, round(GROW * max(h, w)))
+    grown = cv2.dilate(_resize_mask(best, (h, w)), cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1)))
+    return fill_holes(largest_component(grown))
+
+
+def unet_input(pixels: np.ndarray, size: int) -> tuple[np.ndarray, Letterbox]:
+    """Contrast-stretched image, aspect kept, centred on a black (size, size) square."""
+    h, w = pixels.shape
+    s = size / max(h, w)
+    nh, nw = max(1, round(h * s)), max(1, round(w * s))
+    small = cv2.resize(_stretch(pixels.astype(np.float32)), (nw, nh), interpolation=cv2.INTER_AREA)
+    top, left = (size - nh) // 2, (size - nw) // 2
+    x = np.zeros((size, size), np.float32)
+    x[top : top + nh, left : left + nw] = small
+    return x, Letterbox(s, top, left, nh, nw)
+
+
+def mask_from_prob(prob: np.ndarray, letterbox: Letterbox, shape: tuple[int, int], threshold: float = 0.5) -> np.ndarray:
+    """Full-resolution uint8 {0,1} mask from a U-Net probability map (any of (U,U), (1,U,U,1))."""
+    p = np.squeeze(np.asarray(prob, np.float32))
+    lb = letterbox
+    p = p[lb.top : lb.top + lb.height, lb.left : lb.left + lb.width]
+    big = cv2.resize(p, (shape[1], shape[0]), interpolation=cv2.INTER_LINEAR)
+    return fill_holes(largest_component(big >= threshold))
