@@ -1,0 +1,94 @@
+"""Figures and the results table of regressor runs (history.csv, predictions_val*.csv, metrics.json).
+
+`python -m edgeba.training.report RUN_DIR [RUN_DIR ...] --out train/results` writes per run
+loss curves, predicted-vs-true scatter and a Bland-Altman plot, and one Markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def _csv(path: Path) -> dict[str, np.ndarray]:
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    return {k: np.array([float(r[k]) for r in rows]) for k in rows[0] if k != "id"}
+
+
+def plot_run(run: Path, out: Path, std: float) -> None:
+    name = run.name
+    h = _csv(run / "history.csv")
+    fig, ax = plt.subplots(1, 2, figsize=(10, 3.6))
+    ax[0].plot(h["epoch"] + 1, h["loss"], label="train (augmented)")
+    ax[0].plot(h["epoch"] + 1, h["val_loss"], label="tune")
+    ax[0].set(xlabel="epoch", ylabel="MSE (normalised age)", yscale="log", title=f"{name}: loss")
+    ax[1].plot(h["epoch"] + 1, h["mae"] * std, label="train (augmented)")
+    ax[1].plot(h["epoch"] + 1, h["val_mae"] * std, label="tune")
+    ax[1].set(xlabel="epoch", ylabel="MAE (months)", title="MAE")
+    for a in ax:
+        a.legend()
+        a.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out / f"{name}_loss.png", dpi=110)
+    plt.close(fig)
+
+    p = _csv(run / "predictions_val_tta.csv") if (run / "predictions_val_tta.csv").exists() else _csv(run / "predictions_val.csv")
+    t, y = p["boneage_months"], p["predicted_months"]
+    fig, ax = plt.subplots(1, 2, figsize=(10, 4.2))
+    ax[0].scatter(t, y, s=8, alpha=0.6, c=np.where(p["male"] > 0, "tab:blue", "tab:red"))
+    ax[0].plot([0, 240], [0, 240], "k--", lw=1)
+    ax[0].set(xlabel="true bone age (months)", ylabel="predicted (months)", title=f"{name}: val (n={len(t)}); blue male, red female", xlim=(0, 240), ylim=(0, 240))
+    mean, diff = (t + y) / 2, y - t
+    bias, loa = diff.mean(), 1.96 * diff.std()
+    ax[1].scatter(mean, diff, s=8, alpha=0.6)
+    for v, ls in ((bias, "-"), (bias + loa, "--"), (bias - loa, "--")):
+        ax[1].axhline(v, color="k", ls=ls, lw=1)
+    ax[1].set(xlabel="mean of true and predicted (months)", ylabel="predicted - true (months)", title=f"Bland-Altman: bias {bias:.2f}, LoA +-{loa:.1f}")
+    for a in ax:
+        a.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out / f"{name}_val.png", dpi=110)
+    plt.close(fig)
+
+
+def table(runs: list[Path]) -> str:
+    head = "| run | variant | sex | enhance | segment | px | epochs | val MAE | +TTA | MSE | RMSE | max | mean err | mean rel err | tune MAE |\n"
+    head += "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n"
+    lines = []
+    for run in runs:
+        m = json.loads((run / "metrics.json").read_text())
+        c, pp = m["config"], m["config"]["preprocess"]
+        v, vt = m["val"]["plain"], m["val"].get("tta", m["val"]["plain"])
+        epochs = sum(1 for _ in open(run / "history.csv")) - 1
+        lines.append(
+            f"| {run.name} | {c['variant']} | {'yes' if c['sex_input'] else 'no'} | {'yes' if pp['enhance'] else 'no'} | "
+            f"{'yes' if pp['segment'] else 'no'} | {pp['input_size']} | {epochs} | {v['mae']:.2f} | {vt['mae']:.2f} | {vt['mse']:.1f} | "
+            f"{vt['rmse']:.2f} | {vt['max_error']:.1f} | {vt['mean_error']:+.2f} | {vt['mean_relative_error']:.3f} | {m['tune']['plain']['mae']:.2f} |"
+        )
+    return head + "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("runs", nargs="+", type=Path)
+    p.add_argument("--out", type=Path, required=True)
+    a = p.parse_args(argv)
+    a.out.mkdir(parents=True, exist_ok=True)
+    for run in a.runs:
+        std = json.loads((run / "metrics.json").read_text())["target"]["std"]
+        plot_run(run, a.out, std)
+    (a.out / "table.md").write_text(table(a.runs))
+    print(table(a.runs))
+
+
+if __name__ == "__main__":
+    main()
