@@ -1,0 +1,109 @@
+"""`edgeba bench`: the CI smoke run writes a complete, sane result file; MAC counting is exact.
+
+Benchmarks are not timed tests: nothing here asserts a speed, only that every number a user will
+compare between machines is present, finite and in its physical range.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+
+import pytest
+from runtime_fixtures import *  # noqa: F401,F403
+from runtime_fixtures import run_cli
+
+from edgeba import bench
+from edgeba.manifest import load_manifest
+
+
+def positive(x) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x) and x > 0
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    """`edgeba bench --quick` exactly as CI runs it: the shipped default model, a fresh process."""
+    out = tmp_path_factory.mktemp("bench")
+    proc = run_cli("bench", "--quick", "--out", out, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out, proc
+
+
+def test_quick_run_writes_json_markdown_and_plot(quick_run):
+    out, proc = quick_run
+    files = sorted(p.name for p in out.iterdir())
+    assert len(files) == 3 and {p.rsplit(".", 1)[1] for p in files} == {"json", "md", "png"}, files
+    assert all(f.endswith("-quick." + f.rsplit(".", 1)[1]) for f in files)
+    assert proc.stdout.split() == [str(out / f) for f in sorted(files, key=lambda f: ("json", "md", "png").index(f.rsplit(".", 1)[1]))]
+    assert next(out.glob("*.png")).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_quick_result_schema_and_values(quick_run):
+    out, _ = quick_run
+    r = json.loads(next(out.glob("*.json")).read_text())
+    manifest = load_manifest(None)
+    assert r["schema"] == bench.SCHEMA and r["quick"] is True
+    m = r["machine"]
+    assert m["cpu"] and m["arch"] and m["os"] and m["libc"] and m["cores_usable"] >= 1
+    assert {"numpy", "ai-edge-litert", "edgeba"} <= set(m["packages"])
+    assert all(math.isfinite(v) and v >= 0 for v in m["loadavg"]["start"] + m["loadavg"]["end"])
+
+    threads = [str(t) for t in r["settings"]["threads"]]
+    assert threads == [str(bench.default_cores())]  # --quick: all cores only
+    assert list(r["formats"]) == bench.runnable_formats(manifest, None)  # every installed backend, every precision
+    assert r["reference"] == "keras" and r["auto_format"] in r["formats"]
+    assert r["images"]["accuracy"] == 3 and r["images"]["split"] == "val"
+
+    for fmt, x in r["formats"].items():
+        assert x["errors"] == [], (fmt, x["errors"])
+        assert all(positive(x["size_bytes"][s]) for s in ("segment", "regress", "total")), fmt
+        for t in threads:
+            lat = x["latency"][t]
+            assert positive(lat["load_ms"]) and positive(lat["import_ms"]), fmt
+            for key in bench.STAGE_KEYS + bench.MODEL_KEYS:
+                s = lat[key]
+                assert positive(s["median"]) and s["p90"] >= s["median"] and s["n"] == r["settings"]["runs"], (fmt, key, s)
+            parts = sum(lat[k]["mean"] for k in bench.STAGE_KEYS[:-1])
+            assert lat["total"]["mean"] == pytest.approx(parts, rel=0.05), fmt  # the stages cover the pipeline
+            assert lat["models"]["median"] < lat["total"]["median"]
+        cs = x["cold_start"]
+        assert positive(cs["wall_s"]["median"]) and cs["wall_s"]["median"] > lat["total"]["median"] / 1e3
+        assert 20 < cs["peak_rss_mb"] < 8000 and math.isfinite(cs["bone_age_months"])
+        a = x["accuracy"]
+        assert a["n"] + a["failed"] == 3 and math.isfinite(a["mae"]) and a["mae"] >= 0
+        if fmt == r["reference"]:
+            assert a["reference"] is True
+        else:
+            assert 0 <= a["mask_iou"]["min"] <= a["mask_iou"]["mean"] <= 1
+            for k in ("regress_drift_months", "e2e_drift_months"):
+                assert 0 <= a[k]["mean"] <= a[k]["max"] and math.isfinite(a[k]["max"])
+
+    g = r["gmac"]
+    assert positive(g["segment"]["gmac"]) and positive(g["regress"]["gmac"])
+    assert g["total"]["gmac"] == pytest.approx(g["segment"]["gmac"] + g["regress"]["gmac"])
+    assert all(positive(p["gmac_per_s"]) for p in r["peak"].values())
+    d = r["derived"]
+    assert positive(d["floor"][threads[0]]["floor_ms"])
+    assert [t["limit"] for t in d["targets"]] == list(bench.TARGETS.values())
+    for t in d["targets"]:  # the speed targets are stated at 1 thread, which --quick does not run
+        assert t["pass"] is None if t["name"].endswith("1 thread") else isinstance(t["pass"], bool), t
+    md = next(out.glob("*.md")).read_text()
+    assert all(f"| {fmt}" in md for fmt in r["formats"]) and "## Targets" in md
+
+
+def test_tflite_mac_count_is_exact(fixture_model):
+    """The fixture's layers by hand (tests/model_fixture.py): regressor Conv 3x3 stride 4 on 64x64x1
+    -> 16x16x1, then Dense 2 -> 1; U-Net a 1x1 conv over 64x64x2 (pooling and upsampling are free)."""
+    m = load_manifest(fixture_model)
+    assert bench.tflite_gmac(m.files("regress", "tflite-int8").path) * 1e9 == pytest.approx(16 * 16 * 9 + 2)
+    assert bench.tflite_gmac(m.files("segment", "tflite-int8").path) * 1e9 == pytest.approx(64 * 64 * 2)
+
+
+def test_bench_module_imports_no_framework():
+    """`edgeba bench` must start after `pip install edgeba` on a Pi: TensorFlow only in the keras worker."""
+    code = "import sys, edgeba.bench; print(sorted(m for m in ('tensorflow', 'keras', 'jax', 'torch', 'onnxruntime', 'openvino') if m in sys.modules))"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.stdout.strip() == "[]", proc.stdout + proc.stderr
