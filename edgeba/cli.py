@@ -39,6 +39,11 @@ class Backend(str, Enum):
     keras = "keras"
 
 
+def _dumps(obj, **kw) -> str:
+    """JSON that tolerates numpy scalars and arrays in metrics dicts."""
+    return json.dumps(obj, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o), **kw)
+
+
 def _fail(message: str, code: int = 1) -> None:
     typer.echo(f"edgeba: error: {message}", err=True)
     raise typer.Exit(code)
@@ -114,7 +119,7 @@ def _batch(inputs: list[str], out: Path, pred_kw: dict, sex, force: bool, as_jso
         summary = batch.run(inputs, out, predict, progress)
     result = {"out": str(out), "files": summary.total, "predicted": summary.done, "skipped": summary.skipped, "failed": summary.failed}
     if as_json:
-        typer.echo(json.dumps(result))
+        typer.echo(_dumps(result))
     else:
         typer.echo(f"{summary.total} files: {summary.done} processed, {summary.skipped} already done, {summary.failed} failed -> {out}")
     if summary.failed:
@@ -161,7 +166,7 @@ def predict(
         j = pred.to_json()
         j["formats"] = predictor.formats
         j["timings_ms"]["model_load"] = round(predictor.load_ms, 2)
-        typer.echo(json.dumps(j))
+        typer.echo(_dumps(j))
     else:
         _print_prediction(pred, predictor.load_ms)
 
@@ -194,7 +199,7 @@ def evaluate(
         _fail(f"all {n} images failed; no metrics")
     m = ev.metrics
     if as_json:
-        typer.echo(json.dumps(m))
+        typer.echo(_dumps(m))
     else:
         typer.echo(f"model {predictor.manifest.name}, backend {predictor.backend}, n = {m['n']}")
         for key, label in (("mae", "MAE"), ("mse", "MSE"), ("rmse", "RMSE"), ("max_error", "max error"), ("mean_error", "mean error")):
@@ -216,7 +221,7 @@ def info(
 
     data = collect(model)
     if as_json:
-        typer.echo(json.dumps(data, indent=1))
+        typer.echo(_dumps(data, indent=1))
         return
     typer.echo(f"edgeba {data['edgeba']} on Python {data['python']}, {data['machine']} ({data['cpus']} CPUs)")
     typer.echo("packages: " + ", ".join(f"{k} {v}" for k, v in data["packages"].items() if v))

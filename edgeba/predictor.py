@@ -19,6 +19,8 @@ from edgeba.errors import InputError, SegmentationError
 from edgeba.io import Radiograph, load_image
 from edgeba.manifest import load_manifest
 from edgeba.preprocess import PreprocessConfig, regressor_input
+from edgeba.quality import mask_quality
+from edgeba.segment import mask_from_prob, unet_input
 
 SEXES = ("male", "female")
 
@@ -102,9 +104,6 @@ class Predictor:
 
         mask, quality = None, None
         if self.unet is not None:
-            from edgeba.quality import mask_quality
-            from edgeba.segment import mask_from_prob, unet_input
-
             t0 = time.perf_counter()
             x, box = unet_input(rad.pixels, self.cfg.unet_size)
             prob = self.unet.run({"image": x[None, :, :, None]})
