@@ -262,9 +262,15 @@ def train(ctx: typer.Context) -> None:
     import pkgutil
 
     pkg = _import_stage("edgeba.training", "train", "[train]")
-    stages = sorted(m.name for m in pkgutil.iter_modules(pkg.__path__))
+    # A stage is a module with a main(argv); read the sources instead of importing Keras to list them.
+    stages = sorted(m.name for m in pkgutil.iter_modules(pkg.__path__)
+                    if "\ndef main(" in Path(pkg.__path__[0], f"{m.name}.py").read_text(errors="ignore"))
+    usage = f"usage: edgeba train STAGE [ARGS...], STAGE one of: {', '.join(stages)} (`edgeba train STAGE --help` for its ARGS)"
+    if ctx.args[:1] in (["--help"], ["-h"]):
+        typer.echo(usage)
+        return
     if not ctx.args or ctx.args[0] not in stages:
-        _fail(f"usage: edgeba train STAGE [ARGS...], STAGE one of: {', '.join(stages)}", 2)
+        _fail(usage, 2)
     mod = _import_stage(f"edgeba.training.{ctx.args[0]}", "train", "[train]")
     if not callable(getattr(mod, "main", None)):
         _fail(f"edgeba.training.{ctx.args[0]} is a library module, not a training stage", 2)
@@ -277,17 +283,21 @@ def export(
     unet: Path = typer.Argument(..., help="Float U-Net (.keras)."),
     regressor: Path = typer.Argument(..., help="Float regressor (.keras) from a training run."),
     out: Path = typer.Argument(..., help="Model directory to write (files + manifest.json)."),
+    config: Optional[Path] = typer.Option(None, "--config", help="The regressor run's config.json (default: next to the regressor)."),
     formats: Optional[list[str]] = typer.Option(None, "--format", help="Format to write (repeatable); default: all."),
     name: str = typer.Option("edgeba-default", "--name"),
     n_calib: Optional[int] = typer.Option(None, "--n-calib", min=1, help="INT8 calibration images."),
 ) -> None:
     """Export both float models to every format (TFLite/OpenVINO/ONNX, FP32 and INT8) with a manifest."""
-    mod = _import_stage("edgeba.export", "export", "[train]")
     for p in (unet, regressor):
-        if not p.exists():
+        if not p.is_file():
             _fail(f"{p}: not found")
-    kw = {"name": name} | ({"formats": formats} if formats else {}) | ({"n_calib": n_calib} if n_calib else {})
-    manifest = mod.main(unet, regressor, out, **kw)
+    mod = _import_stage("edgeba.export", "export", "[train]")
+    kw = {"name": name, "config": config} | ({"formats": formats} if formats else {}) | ({"n_calib": n_calib} if n_calib else {})
+    try:
+        manifest = mod.main(unet, regressor, out, **kw)
+    except (FileNotFoundError, ValueError) as exc:  # the exporter's own checks of its inputs
+        _fail(str(exc).splitlines()[0])
     typer.echo(f"wrote {out}/manifest.json ({', '.join(sorted({f for s in manifest['stages'].values() for f in s}))})")
 
 
