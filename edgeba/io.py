@@ -22,6 +22,9 @@ from edgeba.quiet import quiet_stderr
 MAX_PIXELS = 100_000_000  # 100 MP: larger is not a hand radiograph, and decoding it could exhaust a Pi
 MIN_SIDE = 64  # smaller cannot show hand bones
 MAX_FILE_BYTES = 512 * 1024 * 1024
+# Larger images are shrunk (area average) before the float conversion: the models see the hand at
+# <= 384 px, and a 100 MP float image alone would take 400 MB of a Raspberry Pi's memory.
+MAX_WORK_PIXELS = 25_000_000
 
 
 @dataclass
@@ -248,6 +251,10 @@ def load_image(path: str | os.PathLike) -> Radiograph:
     grey, warn = _grey(img, name)
     meta["warnings"] += warn
     _check_size(grey.shape[1], grey.shape[0], name)
+    del img
+    if grey.size > MAX_WORK_PIXELS:
+        s = (MAX_WORK_PIXELS / grey.size) ** 0.5
+        grey = cv2.resize(grey, (int(grey.shape[1] * s), int(grey.shape[0] * s)), interpolation=cv2.INTER_AREA)
     pixels, depth, warn = _to_unit(grey, name)
     meta["warnings"] += warn
     if float(pixels.std()) < 0.01:

@@ -226,3 +226,13 @@ def test_bad_png_prints_nothing_on_stderr(tmp_path, real, capfd):
     with pytest.raises(InputError):
         load_image(tmp_path / "crc.png")
     assert capfd.readouterr().err == ""
+
+
+def test_very_large_image_is_shrunk_not_refused(tmp_path, real):
+    from edgeba.io import MAX_WORK_PIXELS
+
+    big = cv2.resize(real, (real.shape[1] * 12, real.shape[0] * 12), interpolation=cv2.INTER_NEAREST)  # ~51 MP
+    r = load_image(_write(tmp_path / "big.png", big))
+    assert r.pixels.size <= MAX_WORK_PIXELS and r.pixels.size > 0.9 * MAX_WORK_PIXELS
+    assert abs(r.shape[0] / r.shape[1] - real.shape[0] / real.shape[1]) < 0.01
+    assert corr(cv2.resize(r.pixels, real.shape[::-1], interpolation=cv2.INTER_AREA), real) > 0.99
