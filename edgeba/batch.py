@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from edgeba.errors import EdgebaError, InputError
+from edgeba.errors import InputError, SegmentationError
 
 FIELDS = (
     "file", "status", "bone_age_months", "bone_age", "sex", "sex_source", "chronological_age_months",
@@ -121,7 +121,7 @@ def run(
     progress: Callable[[int, int, str], None] | None = None,
 ) -> BatchSummary:
     """Predict every input not yet successful in `out`; `predict(file)` returns a Prediction or raises
-    EdgebaError. `progress(done, todo, file)` is called once before the first file and after each."""
+    InputError / SegmentationError (an error row) or anything else (the run stops). `progress(done, todo, file)` is called once before the first file and after each."""
     out = Path(out)
     if out.exists() and not out.is_file():
         raise InputError(f"{out}: --out must be a file")
@@ -144,7 +144,7 @@ def run(
         for k, file in enumerate(todo, start=1):
             try:
                 row = _ok_row(file, predict(file))
-            except EdgebaError as exc:
+            except (InputError, SegmentationError) as exc:  # this file's problem; a ModelError stops the run
                 failed += 1
                 row = {"file": file, "status": "error", "error": str(exc)}
             f.write(_line(row))

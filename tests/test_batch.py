@@ -137,3 +137,10 @@ def test_sigkill_midway_leaves_a_readable_file_and_resumes(fixture_model, tmp_pa
     assert f"{n} files: {n - finished} processed, {finished} already done, 0 failed" in again.stdout
     final = rows(out)
     assert len(final) == n and len({r["file"] for r in final}) == n and all(r["status"] == "ok" for r in final)
+
+
+def test_model_error_stops_the_batch_instead_of_filling_error_rows(folder, tmp_path):
+    out = tmp_path / "r.csv"
+    proc = run_cli("predict", folder, "--out", out, "--sex", "male", "--model", tmp_path)
+    assert proc.returncode == 1 and "not a model directory" in proc.stderr and "Traceback" not in proc.stderr
+    assert rows(out) == []
