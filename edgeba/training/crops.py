@@ -17,6 +17,7 @@ from rich.progress import track
 from edgeba import dataset
 from edgeba.io import load_image
 from edgeba.preprocess import PreprocessConfig, crop_stage
+from edgeba.quality import mask_quality
 
 
 def read_mask(mask_dir: Path, case_id: str) -> np.ndarray:
@@ -27,12 +28,15 @@ def read_mask(mask_dir: Path, case_id: str) -> np.ndarray:
 
 
 def build_crop_cache(out: Path, cfg: PreprocessConfig, mask_dir: Path | None) -> Path:
-    """Write out (npz): ids, age, male, split, the crops as lossless WebP, and the preprocessing config."""
+    """Write out (npz): ids, age, male, split, mask_ok (QC), the crops as lossless WebP, and the preprocessing config."""
     cases = dataset.cases()
     crops = np.zeros((len(cases), cfg.input_size, cfg.input_size), np.uint8)
+    mask_ok = np.ones(len(cases), bool)  # mask passes QC (always true without segmentation)
     for i, c in enumerate(track(cases, description=f"crops {out.name}")):
         pixels = load_image(c.image_path).pixels
         mask = read_mask(mask_dir, c.id) if cfg.segment else None
+        if mask is not None:
+            mask_ok[i] = mask_quality(mask).ok
         crops[i] = np.round(crop_stage(pixels, mask, cfg) * 255).astype(np.uint8)
     # Lossless WebP per crop: ~40% smaller than zlib, so caches fit the GPU machine's 64 MiB carry.
     blobs = [cv2.imencode(".webp", c, [cv2.IMWRITE_WEBP_QUALITY, 101])[1].ravel() for c in crops]
@@ -43,6 +47,7 @@ def build_crop_cache(out: Path, cfg: PreprocessConfig, mask_dir: Path | None) ->
         age=np.array([c.boneage_months for c in cases], np.float32),
         male=np.array([c.male for c in cases], np.float32),
         split=np.array([c.split for c in cases]),
+        mask_ok=mask_ok,
         webp=np.concatenate(blobs),
         offsets=np.cumsum([0] + [len(b) for b in blobs]),
         preprocess=np.array(json.dumps(cfg.to_dict())),

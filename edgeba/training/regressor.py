@@ -38,6 +38,7 @@ class RegressorConfig:
     patience: int = 30  # early stopping on tune MAE
     augment: bool = True
     tta: bool = True  # average predictions over a few fixed small shifts/scales at evaluation
+    qc_only: bool = True  # train/tune only on images whose mask passed QC
     seed: int = 0
     time_budget_s: float = 0.0  # stop training after this many seconds (0 = no limit)
 
@@ -128,6 +129,8 @@ def _report(model, cache, cfg, target, split, run_dir: Path) -> dict:
         pred = predict_months(model, cache["crops"][sel], cache["male"][sel], cfg, target, tta)
         true = cache["age"][sel]
         m = metrics.all_metrics(true, pred)
+        qc = cache["mask_ok"][sel]
+        m["mae_mask_qc_ok"] = {"mae": metrics.mae(true[qc], pred[qc]), "n": int(qc.sum())}
         m["mae_by_sex"] = {("male" if k else "female"): v for k, v in metrics.mae_by_group(true, pred, cache["male"][sel].astype(int)).items()}
         m["mae_by_age_band"] = {dataset.AGE_BAND_NAMES[k]: v for k, v in metrics.mae_by_group(true, pred, [dataset.age_bin(a) for a in true]).items()}
         out["tta" if tta else "plain"] = m
@@ -146,7 +149,10 @@ def train(cache_path: Path, run_dir: Path, cfg: RegressorConfig, workers: int = 
     geometry = ("input_size", "segment", "margin")
     if any(cache["preprocess"][k] != getattr(cfg.preprocess, k) for k in geometry):
         raise ValueError(f"cache was cropped with {cache['preprocess']}, config wants {cfg.preprocess.to_dict()}")
-    tr, tu = cache["split"] == "train", cache["split"] == "tune"
+    # Fit and select only on crops whose mask passed QC: at inference a failed mask is refused,
+    # so a regressor never needs to learn from one. Val is reported on every image.
+    ok = cache["mask_ok"] if cfg.qc_only else np.ones(len(cache["ids"]), bool)
+    tr, tu = (cache["split"] == "train") & ok, (cache["split"] == "tune") & ok
     target = {"mean": float(cache["age"][tr].mean()), "std": float(cache["age"][tr].std())}
     norm = (cache["age"] - target["mean"]) / target["std"]
     (run_dir / "config.json").write_text(json.dumps({**cfg.to_dict(), "target": target, "cache": str(cache_path), "backend": keras.config.backend()}, indent=2))
@@ -181,6 +187,7 @@ def train(cache_path: Path, run_dir: Path, cfg: RegressorConfig, workers: int = 
         "params": int(best.count_params()),
         "gmac": round(count_macs(best) / 1e9, 4),
         "n_train": int(tr.sum()),
+        "n_tune": int(tu.sum()),
         "tune": _report(best, cache, cfg, target, "tune", run_dir),
         "val": _report(best, cache, cfg, target, "val", run_dir),
     }
