@@ -40,8 +40,10 @@ def _build_fixture(cache_root: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
-def fixture_model(request) -> Path:
-    return _build_fixture(Path(request.config.cache.mkdir("edgeba-fixture-model")))
+def fixture_model(request, tmp_path_factory) -> Path:
+    cache = request.config.cache  # None under -p no:cacheprovider: build into a temporary folder
+    root = cache.mkdir("edgeba-fixture-model") if cache is not None else tmp_path_factory.mktemp("fixture-model")
+    return _build_fixture(Path(root))
 
 
 @pytest.fixture(scope="session", params=MODELS)
