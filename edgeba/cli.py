@@ -135,7 +135,7 @@ def _stderr_console():
 @app.command()
 @_guarded
 def predict(
-    inputs: list[str] = typer.Argument(..., metavar="IMAGE...", help="Radiograph (PNG/JPEG/TIFF/DICOM); several files or folders need --out.", show_default=False),
+    inputs: list[str] = typer.Argument(..., metavar="IMAGE", help="Radiograph (PNG/JPEG/TIFF/DICOM); several files or folders need --out.", show_default=False),
     sex: Optional[Sex] = typer.Option(None, "--sex", case_sensitive=False, help="Patient sex; else taken from the DICOM header. Never assumed."),
     backend: Backend = typer.Option(Backend.auto, "--backend", case_sensitive=False, help="Runtime; auto = fastest installed INT8 runtime here."),
     model: Optional[Path] = typer.Option(None, "--model", help="Model directory with manifest.json (default: the shipped INT8 model)."),
