@@ -36,6 +36,7 @@ SCHEMA = "edgeba-bench/1"
 RUNTIME_MODULE = {"tflite": "ai_edge_litert.interpreter", "openvino": "openvino", "onnx": "onnxruntime", "keras": "keras"}
 STAGE_KEYS = ("decode", "segment", "qc", "crop_enhance", "regress", "total")
 MODEL_KEYS = ("segment_model", "regress_model", "models")
+DETAIL_KEYS = ("segment_input", "segment_mask")  # the U-Net's pre- and post-processing, inside "segment"
 FLOAT_REFERENCE_ORDER = ("keras", "tflite-fp32", "onnx-fp32", "openvino-fp32")
 TARGETS = {"int8_vs_keras": 2.5, "int8_vs_best_fp32": 1.5, "pipeline_gmac": 1.5, "predict_peak_rss_mb": 250.0, "cold_start_s": 1.5}
 
@@ -135,9 +136,9 @@ class Pipeline:
         lap("regress")
         ms["total"] = (time.perf_counter() - t0) * 1e3
         ms["regress_model"] = ms["regress"]  # feed + invoke + months: nothing else to separate
-        ms["segment"] = sum(ms.get(k, 0.0) for k in ("segment_input", "segment_model", "segment_mask"))
-        ms["segment_model"] = ms.get("segment_model", 0.0)
-        ms["qc"] = ms.get("qc", 0.0)
+        for k in DETAIL_KEYS + ("segment_model", "qc"):
+            ms.setdefault(k, 0.0)
+        ms["segment"] = ms["segment_input"] + ms["segment_model"] + ms["segment_mask"]
         ms["models"] = ms["segment_model"] + ms["regress_model"]
         return ms
 
@@ -168,7 +169,7 @@ def work_latency(spec: dict) -> dict:
     load_ms = (time.perf_counter() - t0) * 1e3
     cases = spec["cases"]
     laps = [pipe.timed(*cases[i % len(cases)]) for i in range(spec["warmup"] + spec["runs"])][spec["warmup"] :]
-    keys = STAGE_KEYS + MODEL_KEYS
+    keys = STAGE_KEYS + MODEL_KEYS + DETAIL_KEYS
     out = {"import_ms": import_ms, "load_ms": load_ms, "empty_masks": int(sum(d.get("empty_mask", 0) for d in laps))}
     out |= {k: stats([d[k] for d in laps]) for k in keys}
     if backend_of(fmt) == "openvino":  # FP32 IR runs in bf16 on CPUs with AMX/AVX512-BF16 unless told f32
@@ -249,7 +250,8 @@ def work_derive(spec: dict) -> dict:
     from edgeba.export import STAGES as EXPORT_STAGES
     from edgeba.export import export_stage
 
-    return export_stage(Path(spec["keras"]), EXPORT_STAGES[spec["stage"]], Path(spec["out"]), None, tuple(spec["formats"]))
+    return {j["stage"]: export_stage(Path(j["keras"]), EXPORT_STAGES[j["stage"]], Path(spec["out"]), None, tuple(j["formats"]))
+            for j in spec["jobs"]}
 
 
 WORKERS = {"latency": work_latency, "accuracy": work_accuracy, "peak": work_peak, "derive": work_derive}
@@ -469,9 +471,8 @@ def complete_fp32(manifest, work: Path, log: Log):
             copy_files(manifest.dir, entry, out)
     log(f"exporting missing FP32 formats from the Keras models: {sorted({f for j in jobs for f in j['formats']})}")
     data = json.loads(json.dumps(manifest.data))
-    for job in jobs:
-        entries = run_worker("derive", {"out": str(out), **job}, default_cores())
-        data["stages"][job["stage"]].update(entries)
+    for stage, entries in run_worker("derive", {"out": str(out), "jobs": jobs}, default_cores()).items():
+        data["stages"][stage].update(entries)
     (out / "manifest.json").write_text(json.dumps(data, indent=1))
     return load_manifest(out), sorted({f for j in jobs for f in j["formats"]})
 
@@ -675,13 +676,14 @@ def markdown(r: dict) -> str:
               "(runs bf16): OpenVINO's CPU plugin runs an FP32 model in bfloat16 on CPUs with AMX / AVX512-BF16, as `edgeba predict` does."]
     for t in ts:
         lines += ["", f"## Stages at {t} thread(s): median ms", "",
-                  "| format | decode | segment (model) | mask QC | crop+enhance | regress | total | total p90 |", "|---|---|---|---|---|---|---|---|"]
+                  "| format | decode | segment: input + model + mask | mask QC | crop+enhance | regress | total (p90) | not in a model |",
+                  "|---|---|---|---|---|---|---|---|"]
         for f, x in fm.items():
-            s = x["latency"].get(t)
+            s = {k: v["median"] for k, v in x["latency"].get(t, {}).items() if isinstance(v, dict)}
             if s:
-                lines.append(f"| {f} | {s['decode']['median']:.1f} | {s['segment']['median']:.1f} ({s['segment_model']['median']:.1f}) | "
-                             f"{s['qc']['median']:.1f} | {s['crop_enhance']['median']:.1f} | {s['regress']['median']:.1f} | "
-                             f"{s['total']['median']:.1f} | {s['total']['p90']:.1f} |")
+                lines.append(f"| {f} | {s['decode']:.1f} | {s['segment']:.1f}: {s['segment_input']:.1f} + {s['segment_model']:.1f} + "
+                             f"{s['segment_mask']:.1f} | {s['qc']:.1f} | {s['crop_enhance']:.1f} | {s['regress']:.1f} | "
+                             f"{s['total']:.1f} ({x['latency'][t]['total']['p90']:.1f}) | {s['total'] - s['models']:.1f} |")
     lines += ["", "## INT8 speed-up over FP32, same backend, same run (FP32 ms / INT8 ms)", "", "| backend | " +
               " | ".join(f"e2e {t}T | models {t}T" for t in ts) + " |", "|---|" + "---|---|" * len(ts)]
     for b, v in d["int8_speedup"].items():
@@ -689,7 +691,8 @@ def markdown(r: dict) -> str:
     g = r["gmac"]
     lines += ["", "## Compute floor", "",
               "GMAC per image: " + ", ".join(f"{k} {v['gmac']:.3f} ({v['source']})" for k, v in g.items()) + ".",
-              "Peak: best of 5 float32 numpy matmuls (" + ", ".join(f"{t}T {p['gmac_per_s']:.1f} GMAC/s, n={p['n']}" for t, p in r["peak"].items()) + "). "
+              f"Peak: best of {r['settings']['matmul']['repeats']} float32 numpy matmuls n={r['settings']['matmul']['n']} ("
+              + ", ".join(f"{t}T {p['gmac_per_s']:.1f} GMAC/s" for t, p in r["peak"].items()) + "). "
               "Floor = GMAC / peak; x floor = measured median / floor (models: both model invocations only; e2e: whole pipeline). "
               "INT8 kernels can beat a float32 floor, so it bounds FP32 paths only.", "",
               "| format | " + " | ".join(f"x floor models {t}T | x floor e2e {t}T" for t in ts) + " |", "|---|" + "---|---|" * len(ts)]
