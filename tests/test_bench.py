@@ -15,7 +15,7 @@ import pytest
 from runtime_fixtures import *  # noqa: F401,F403
 from runtime_fixtures import run_cli
 
-from edgeba import bench
+from edgeba.bench import machine, measure, worker
 from edgeba.manifest import load_manifest
 
 
@@ -45,15 +45,15 @@ def test_quick_result_schema_and_values(quick_run):
     out, _ = quick_run
     r = json.loads(next(out.glob("*.json")).read_text())
     manifest = load_manifest(None)
-    assert r["schema"] == bench.SCHEMA and r["quick"] is True
-    m = r["machine"]
-    assert m["cpu"] and m["arch"] and m["os"] and m["libc"] and m["cores_usable"] >= 1
-    assert {"numpy", "ai-edge-litert", "edgeba"} <= set(m["packages"])
-    assert all(math.isfinite(v) and v >= 0 for v in m["loadavg"]["start"] + m["loadavg"]["end"])
+    assert r["schema"] == measure.SCHEMA and r["quick"] is True
+    mach = r["machine"]
+    assert mach["cpu"] and mach["arch"] and mach["os"] and mach["libc"] and mach["cores_usable"] >= 1
+    assert {"numpy", "ai-edge-litert", "edgeba"} <= set(mach["packages"])
+    assert all(math.isfinite(v) and v >= 0 for v in mach["loadavg"]["start"] + mach["loadavg"]["end"])
 
     threads = [str(t) for t in r["settings"]["threads"]]
-    assert threads == [str(bench.default_cores())]  # --quick: all cores only
-    assert list(r["formats"]) == bench.runnable_formats(manifest, None)  # every installed backend, every precision
+    assert threads == [str(measure.default_cores())]  # --quick: all cores only
+    assert list(r["formats"]) == measure.runnable_formats(manifest, None)  # every installed backend, every precision
     assert r["reference"] == "keras" and r["auto_format"] in r["formats"]
     assert r["images"]["accuracy"] == 3 and r["images"]["split"] == "val"
 
@@ -63,10 +63,10 @@ def test_quick_result_schema_and_values(quick_run):
         for t in threads:
             lat = x["latency"][t]
             assert positive(lat["load_ms"]) and positive(lat["import_ms"]), fmt
-            for key in bench.STAGE_KEYS + bench.MODEL_KEYS:
+            for key in worker.STAGE_KEYS + worker.MODEL_KEYS:
                 s = lat[key]
                 assert positive(s["median"]) and s["p90"] >= s["median"] and s["n"] == r["settings"]["runs"], (fmt, key, s)
-            parts = sum(lat[k]["mean"] for k in bench.STAGE_KEYS[:-1])
+            parts = sum(lat[k]["mean"] for k in worker.STAGE_KEYS[:-1])
             assert lat["total"]["mean"] == pytest.approx(parts, rel=0.05), fmt  # the stages cover the pipeline
             assert lat["models"]["median"] < lat["total"]["median"]
         cs = x["cold_start"]
@@ -87,7 +87,7 @@ def test_quick_result_schema_and_values(quick_run):
     assert all(positive(p["gmac_per_s"]) for p in r["peak"].values())
     d = r["derived"]
     assert positive(d["floor"][threads[0]]["floor_ms"])
-    assert [t["limit"] for t in d["targets"]] == list(bench.TARGETS.values())
+    assert [t["limit"] for t in d["targets"]] == list(measure.TARGETS.values())
     for t in d["targets"]:  # the speed targets are stated at 1 thread, which --quick does not run
         assert t["pass"] is None if t["name"].endswith("1 thread") else isinstance(t["pass"], bool), t
     md = next(out.glob("*.md")).read_text()
@@ -98,8 +98,8 @@ def test_tflite_mac_count_is_exact(fixture_model):
     """The fixture's layers by hand (tests/model_fixture.py): regressor Conv 3x3 stride 4 on 64x64x1
     -> 16x16x1, then Dense 2 -> 1; U-Net a 1x1 conv over 64x64x2 (pooling and upsampling are free)."""
     m = load_manifest(fixture_model)
-    assert bench.tflite_gmac(m.files("regress", "tflite-int8").path) * 1e9 == pytest.approx(16 * 16 * 9 + 2)
-    assert bench.tflite_gmac(m.files("segment", "tflite-int8").path) * 1e9 == pytest.approx(64 * 64 * 2)
+    assert machine.tflite_gmac(m.files("regress", "tflite-int8").path) * 1e9 == pytest.approx(16 * 16 * 9 + 2)
+    assert machine.tflite_gmac(m.files("segment", "tflite-int8").path) * 1e9 == pytest.approx(64 * 64 * 2)
 
 
 def test_bench_module_imports_no_framework():

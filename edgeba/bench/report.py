@@ -1,0 +1,134 @@
+"""The result file as a Markdown report and a PNG plot (the JSON holds every number)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from edgeba.bench.worker import STAGE_KEYS
+
+def _f(v, fmt="{:.1f}", none="-") -> str:
+    return none if v is None else fmt.format(v)
+
+
+def markdown(r: dict) -> str:
+    m, fm, d = r["machine"], r["formats"], r["derived"]
+    ts = [str(t) for t in r["settings"]["threads"]]
+    load = m["loadavg"]
+    lines = [
+        f"# edgeba bench: {r['model']['name']} on {m['cpu']} ({m['arch']})",
+        "",
+        f"{r['created']}, `{r['command']}`{' (--quick: a smoke run, not a measurement)' if r['quick'] else ''}.",
+        f"Images: accuracy on {r['images']['accuracy']} {r['images']['split']} images; latency cycles over {r['images']['latency']} of them, "
+        f"{r['settings']['warmup']} warm-up + {r['settings']['runs']} timed runs per format and thread count. "
+        f"Load average (1 min) at start {load['start'][0]:.2f}, end {load['end'][0]:.2f}, max {load['max_1min']:.2f} on {m['cores_logical']} cores.",
+        "",
+        "## Machine",
+        "",
+        "| | |",
+        "|---|---|",
+    ]
+    for k in ("cpu", "board", "arch", "cores_usable", "cpu_flags", "memory_gb", "os", "kernel", "libc", "python", "nice"):
+        v = m[k]
+        lines.append(f"| {k} | {', '.join(v) if isinstance(v, list) else v} |")
+    lines.append(f"| packages | {', '.join(f'{p} {v}' for p, v in m['packages'].items())} |")
+    head = ["format", "MB", "load ms"] + [f"e2e ms {t}T (p90)" for t in ts] + [f"models ms {t}T" for t in ts]
+    head += ["cold start s", "peak RSS MB", "MAE", "mask IoU vs ref", "regress drift", "e2e drift"]
+    lines += ["", f"## Summary (reference for drift: {r['reference']}; `edgeba predict` default here: {r['auto_format']})", "",
+              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for f, x in fm.items():
+        lat, cs, acc = x["latency"], x.get("cold_start"), x.get("accuracy") or {}
+        runs_as = next((v["inference_precision"] for v in lat.values() if "inference_precision" in v), None)
+        name = f + (" *" if x["derived_by_bench"] else "") + (f" (runs {runs_as})" if runs_as and runs_as != "f32" else "")
+        row = [name, _f(x["size_bytes"]["total"] / 1e6, "{:.2f}"),
+               _f(lat.get(ts[0], {}).get("load_ms"), "{:.0f}")]
+        row += [f"{lat[t]['total']['median']:.1f} ({lat[t]['total']['p90']:.1f})" if t in lat else "-" for t in ts]
+        row += [_f(lat[t]["models"]["median"]) if t in lat else "-" for t in ts]
+        row += [_f(cs and cs["wall_s"]["median"], "{:.2f}"), _f(cs and cs["peak_rss_mb"], "{:.0f}"), _f(acc.get("mae"), "{:.2f}")]
+        for k, fmt in (("mask_iou", "{:.3f}"), ("regress_drift_months", "{:.2f}"), ("e2e_drift_months", "{:.2f}")):
+            s = acc.get(k)
+            row.append("ref" if acc.get("reference") else (f"{fmt.format(s['mean'])} (p95 {fmt.format(s['p95'])})" if s else "-"))
+        lines.append("| " + " | ".join(row) + " |")
+    lines += ["", "MB: both stages' files. Drift: mean (p95) over the images; IoU: U-Net mask vs the reference's mask; "
+              "regress drift: this regressor on the reference's own input (months); e2e drift: whole pipeline vs the reference (months). "
+              "`*`: FP32 file exported by the bench from the model's Keras files (the shipped dir lacks it). "
+              "(runs bf16): OpenVINO's CPU plugin runs an FP32 model in bfloat16 on CPUs with AMX / AVX512-BF16, as `edgeba predict` does."]
+    for t in ts:
+        lines += ["", f"## Stages at {t} thread(s): median ms", "",
+                  "| format | decode | segment: input + model + mask | mask QC | crop+enhance | regress | total (p90) | not in a model |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for f, x in fm.items():
+            s = {k: v["median"] for k, v in x["latency"].get(t, {}).items() if isinstance(v, dict)}
+            if s:
+                lines.append(f"| {f} | {s['decode']:.1f} | {s['segment']:.1f}: {s['segment_input']:.1f} + {s['segment_model']:.1f} + "
+                             f"{s['segment_mask']:.1f} | {s['qc']:.1f} | {s['crop_enhance']:.1f} | {s['regress']:.1f} | "
+                             f"{s['total']:.1f} ({x['latency'][t]['total']['p90']:.1f}) | {s['total'] - s['models']:.1f} |")
+    lines += ["", "## INT8 speed-up over FP32, same backend, same run (FP32 ms / INT8 ms)", "", "| backend | " +
+              " | ".join(f"e2e {t}T | models {t}T" for t in ts) + " |", "|---|" + "---|---|" * len(ts)]
+    for b, v in d["int8_speedup"].items():
+        lines.append(f"| {b} | " + " | ".join(f"{v[t]['e2e']:.2f} | {v[t]['models']:.2f}" if t in v else "- | -" for t in ts) + " |")
+    g = r["gmac"]
+    lines += ["", "## Compute floor", "",
+              "GMAC per image: " + ", ".join(f"{k} {v['gmac']:.3f} ({v['source']})" for k, v in g.items()) + ".",
+              f"Peak: best of {r['settings']['matmul']['repeats']} float32 numpy matmuls n={r['settings']['matmul']['n']} ("
+              + ", ".join(f"{t}T {p['gmac_per_s']:.1f} GMAC/s" for t, p in r["peak"].items()) + "). "
+              "Floor = GMAC / peak; x floor = measured median / floor (models: both model invocations only; e2e: whole pipeline). "
+              "INT8 kernels can beat a float32 floor, so it bounds FP32 paths only.", "",
+              "| format | " + " | ".join(f"x floor models {t}T | x floor e2e {t}T" for t in ts) + " |", "|---|" + "---|---|" * len(ts)]
+    for f in fm:
+        cells = []
+        for t in ts:
+            x = d["floor"].get(t, {}).get("x_floor", {}).get(f)
+            cells += [_f(x and x["models"]), _f(x and x["e2e"])]
+        lines.append(f"| {f} | " + " | ".join(cells) + " |")
+    lines.append("")
+    lines.append("Floor ms: " + ", ".join(f"{t}T {_f(v['floor_ms'], '{:.2f}')}" for t, v in d["floor"].items()) + ".")
+    lines += ["", "## Targets (stated for x86, 1 thread)", "", "| target | path | value | limit | pass |", "|---|---|---|---|---|"]
+    for t in d["targets"]:
+        ok = {True: "yes", False: "**no**", None: "not measured"}[t["pass"]]
+        lines.append(f"| {t['name']} | {t['path']} | {_f(t['value'], '{:.2f}')} | {t['op']} {t['limit']} | {ok} |")
+    notes = [f"{f}: OpenVINO inference precision {x['latency'][ts[0]]['inference_precision']}" for f, x in fm.items()
+             if x["latency"].get(ts[0], {}).get("inference_precision")]
+    notes += [f"{f}: {e}" for f, x in fm.items() for e in x["errors"]]
+    notes += [f"{f}: {a['failed']} of {r['images']['accuracy']} images failed ({'; '.join(a['failures'])})"
+              for f, x in fm.items() if (a := x.get("accuracy")) and a["failed"]]
+    notes += [f"{f}: {a['qc_fail']} of {a['n']} masks failed mask QC (predicted anyway, as with --force)"
+              for f, x in fm.items() if (a := x.get("accuracy")) and a["qc_fail"]]
+    notes += [f"{f}: {x['latency'][t]['empty_masks']} latency runs at {t}T had an empty mask (timed on the whole frame)"
+              for f, x in fm.items() for t in ts if x["latency"].get(t, {}).get("empty_masks")]
+    if notes:
+        lines += ["", "## Notes", ""] + [f"- {n}" for n in notes]
+    return "\n".join(lines) + "\n"
+
+
+def plot(r: dict, path: Path) -> bool:
+    """Stacked stage medians per format, one panel per thread count; False when matplotlib is not installed."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    ts = [str(t) for t in r["settings"]["threads"]]
+    fm = r["formats"]
+    names = list(fm)
+    fig, axes = plt.subplots(1, len(ts), figsize=(6 * len(ts), 0.5 * len(names) + 1.8), sharey=True, squeeze=False)
+    for ax, t in zip(axes[0], ts):
+        left = np.zeros(len(names))
+        for stage in STAGE_KEYS[:-1]:
+            v = np.array([fm[f]["latency"].get(t, {}).get(stage, {}).get("median", 0.0) for f in names])
+            ax.barh(names, v, left=left, label=stage)
+            left += v
+        ax.set_title(f"{t} thread(s): median ms per image")
+        ax.set_xlabel("ms")
+        ax.invert_yaxis()
+    axes[0][0].legend(loc="lower right", fontsize=8)
+    fig.suptitle(f"edgeba {r['model']['name']} on {r['machine']['cpu']} ({r['machine']['arch']})", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return True
+
+
