@@ -6,8 +6,6 @@ from pathlib import Path
 
 import numpy as np
 
-from edgeba.bench.worker import STAGE_KEYS
-
 def _f(v, fmt="{:.1f}", none="-") -> str:
     return none if v is None else fmt.format(v)
 
@@ -114,19 +112,23 @@ def plot(r: dict, path: Path) -> bool:
     ts = [str(t) for t in r["settings"]["threads"]]
     fm = r["formats"]
     names = list(fm)
-    fig, axes = plt.subplots(1, len(ts), figsize=(6 * len(ts), 0.5 * len(names) + 1.8), sharey=True, squeeze=False)
+    # Segment split into its model and its numpy/OpenCV pre- and post-processing: INT8 only speeds up the former.
+    parts = (("decode", ("decode",)), ("U-Net input + mask", ("segment_input", "segment_mask")), ("U-Net", ("segment_model",)),
+             ("mask QC", ("qc",)), ("crop + enhance", ("crop_enhance",)), ("regressor", ("regress",)))
+    fig, axes = plt.subplots(1, len(ts), figsize=(6 * len(ts), 0.45 * len(names) + 2.2), sharey=True, squeeze=False)
     for ax, t in zip(axes[0], ts):
         left = np.zeros(len(names))
-        for stage in STAGE_KEYS[:-1]:
-            v = np.array([fm[f]["latency"].get(t, {}).get(stage, {}).get("median", 0.0) for f in names])
-            ax.barh(names, v, left=left, label=stage)
+        for label, keys in parts:
+            v = np.array([sum(fm[f]["latency"].get(t, {}).get(k, {}).get("median", 0.0) for k in keys) for f in names])
+            ax.barh(names, v, left=left, label=label)
             left += v
         ax.set_title(f"{t} thread(s): median ms per image")
         ax.set_xlabel("ms")
         ax.invert_yaxis()
-    axes[0][0].legend(loc="lower right", fontsize=8)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=len(parts), fontsize=8)
     fig.suptitle(f"edgeba {r['model']['name']} on {r['machine']['cpu']} ({r['machine']['arch']})", fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return True
