@@ -46,7 +46,7 @@ class Settings:
 def format_view(manifest, fmt: str, root: Path) -> Path:
     """A model dir holding only `fmt`, so `edgeba predict --backend B` runs exactly that format."""
     view = root / fmt
-    view.mkdir(parents=True, exist_ok=True)
+    view.mkdir(parents=True)
     data = json.loads(json.dumps(manifest.data))
     data["stages"] = {}
     for stage, formats in manifest.data["stages"].items():
@@ -66,13 +66,14 @@ def copy_files(src: Path, entry: dict, dst: Path) -> None:
             shutil.copyfile(src / entry[key], dst / entry[key])
 
 
-def cold_start(view: Path, fmt: str, image: str, male: int, timeout: float = 300) -> dict:
-    """`edgeba predict` as a user runs it: wall time of the whole process and its peak RSS (wait4)."""
-    cmd = [sys.executable, "-m", "edgeba.cli", "predict", image, "--sex", "male" if male else "female",
+def cold_start(view: Path, fmt: str, image: str, male: int, cache: Path, timeout: float = 300) -> dict:
+    """`edgeba predict` as a user runs it: wall time of the whole process and its peak RSS (wait4).
+    `cache` is its XDG_CACHE_HOME (OpenVINO keeps compiled models there)."""
+    cmd = [sys.executable, "-m", "edgeba.cli", "predict", image, "--sex", worker.sex_of(male),
            "--backend", backend_of(fmt), "--model", str(view), "--force", "--json"]
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         t0 = time.perf_counter()
-        proc = subprocess.Popen(cmd, stdout=out, stderr=err)
+        proc = subprocess.Popen(cmd, stdout=out, stderr=err, env=dict(os.environ, XDG_CACHE_HOME=str(cache)))
         killer = threading.Timer(timeout, proc.kill)
         killer.start()
         _, status, usage = os.wait4(proc.pid, 0)  # rusage of this one child, not all children
@@ -130,7 +131,7 @@ def complete_fp32(manifest, work: Path, log: Log):
             copy_files(manifest.dir, entry, out)
     log(f"exporting missing FP32 formats from the Keras models: {sorted({f for j in jobs for f in j['formats']})}")
     data = json.loads(json.dumps(manifest.data))
-    for stage, entries in worker.run("derive", {"out": str(out), "jobs": jobs}, default_cores()).items():
+    for stage, entries in worker.run("derive", {"out": str(out), "jobs": jobs}, default_cores(), work / "cache" / "derive").items():
         data["stages"][stage].update(entries)
     (out / "manifest.json").write_text(json.dumps(data, indent=1))
     return load_manifest(out), sorted({f for j in jobs for f in j["formats"]})
@@ -189,39 +190,40 @@ def benchmark(model_dir: Path | None, settings: Settings, wanted: list[str] | No
             res[fmt]["errors"].append(f"{what}: {type(exc).__name__}: {exc}"[:400])
             log(f"{fmt}: {what} FAILED: {exc}")
 
+    cores = default_cores()
+    views = {f: format_view(manifest, f, work / "views") for f in formats}
     peak = {}
     for t in settings.threads:
         log(f"float32 matmul peak at {t} thread(s)")
-        peak[str(t)] = worker.run("peak", settings.matmul, t)
+        peak[str(t)] = worker.run("peak", settings.matmul, t, work / "cache" / f"peak-{t}")
     for fmt in formats:
         for t in settings.threads:
             log(f"{fmt}: latency at {t} thread(s)")
 
             def latency(fmt=fmt, t=t):
-                spec = {"model": str(manifest.dir), "format": fmt, "threads": t, "cases": lat_cases,
+                spec = {"view": str(views[fmt]), "format": fmt, "threads": t, "cases": lat_cases,
                         "warmup": settings.warmup, "runs": settings.runs}
-                res[fmt]["latency"][str(t)] = worker.run("latency", spec, t)
+                res[fmt]["latency"][str(t)] = worker.run("latency", spec, t, work / "cache" / f"latency-{fmt}-{t}")
 
             attempt(fmt, f"latency {t}T", latency)
-    views = work / "views"
     image, male = lat_cases[0]
     for fmt in formats:
         log(f"{fmt}: cold start of edgeba predict x{settings.cold_repeats}")
 
         def cold(fmt=fmt):
-            view = format_view(manifest, fmt, views)
-            if settings.cold_warm:
-                cold_start(view, fmt, image, male)
-            runs = [cold_start(view, fmt, image, male) for _ in range(settings.cold_repeats)]
+            cache = work / "cache" / f"cold-{fmt}"  # empty: the first run compiles OpenVINO models, later runs reuse them
+            first = cold_start(views[fmt], fmt, image, male, cache) if settings.cold_warm else None
+            runs = [cold_start(views[fmt], fmt, image, male, cache) for _ in range(settings.cold_repeats)]
             res[fmt]["cold_start"] = {"wall_s": stats([r["wall_s"] for r in runs]), "peak_rss_mb": max(r["peak_rss_mb"] for r in runs),
-                                      "bone_age_months": runs[0]["bone_age_months"], "threads": default_cores()}
+                                      "first_run_s": first and first["wall_s"], "bone_age_months": runs[0]["bone_age_months"],
+                                      "threads": cores}
 
         attempt(fmt, "cold start", cold)
     log(f"accuracy on {len(val)} val images, reference {reference}")
-    acc_spec = {"model": str(manifest.dir), "formats": formats, "reference": reference, "threads": default_cores(),
+    acc_spec = {"views": {f: str(v) for f, v in views.items()}, "reference": reference, "threads": cores,
                 "cases": [[str(c.image_path), c.male, c.boneage_months] for c in val]}
     try:
-        for fmt, a in worker.run("accuracy", acc_spec, default_cores()).items():
+        for fmt, a in worker.run("accuracy", acc_spec, cores, work / "cache" / "accuracy").items():
             res[fmt]["accuracy"] = a
     except Exception as exc:
         for fmt in formats:

@@ -31,8 +31,8 @@ def markdown(r: dict) -> str:
         v = m[k]
         lines.append(f"| {k} | {', '.join(v) if isinstance(v, list) else v} |")
     lines.append(f"| packages | {', '.join(f'{p} {v}' for p, v in m['packages'].items())} |")
-    head = ["format", "MB", "load ms"] + [f"e2e ms {t}T (p90)" for t in ts] + [f"models ms {t}T" for t in ts]
-    head += ["cold start s", "peak RSS MB", "MAE", "mask IoU vs ref", "regress drift", "e2e drift"]
+    head = ["format", "MB", "load ms (first)"] + [f"e2e ms {t}T (p90)" for t in ts] + [f"models ms {t}T" for t in ts]
+    head += ["cold start s (first)", "peak RSS MB", "MAE", "mask IoU vs ref", "regress drift", "e2e drift"]
     lines += ["", f"## Summary (reference for drift: {r['reference']}; `edgeba predict` default here: {r['auto_format']})", "",
               "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for f, x in fm.items():
@@ -40,28 +40,33 @@ def markdown(r: dict) -> str:
         runs_as = next((v["inference_precision"] for v in lat.values() if "inference_precision" in v), None)
         name = f + (" *" if x["derived_by_bench"] else "") + (f" (runs {runs_as})" if runs_as and runs_as != "f32" else "")
         row = [name, _f(x["size_bytes"]["total"] / 1e6, "{:.2f}"),
-               _f(lat.get(ts[0], {}).get("load_ms"), "{:.0f}")]
+               f"{_f(lat.get(ts[0], {}).get('load_ms'), '{:.0f}')} ({_f(lat.get(ts[0], {}).get('load_first_ms'), '{:.0f}')})"]
         row += [f"{lat[t]['total']['median']:.1f} ({lat[t]['total']['p90']:.1f})" if t in lat else "-" for t in ts]
         row += [_f(lat[t]["models"]["median"]) if t in lat else "-" for t in ts]
-        row += [_f(cs and cs["wall_s"]["median"], "{:.2f}"), _f(cs and cs["peak_rss_mb"], "{:.0f}"), _f(acc.get("mae"), "{:.2f}")]
+        row += [f"{_f(cs and cs['wall_s']['median'], '{:.2f}')} ({_f(cs and cs['first_run_s'], '{:.2f}')})",
+                _f(cs and cs["peak_rss_mb"], "{:.0f}"), _f(acc.get("mae"), "{:.2f}")]
         for k, fmt in (("mask_iou", "{:.3f}"), ("regress_drift_months", "{:.2f}"), ("e2e_drift_months", "{:.2f}")):
             s = acc.get(k)
             row.append("ref" if acc.get("reference") else (f"{fmt.format(s['mean'])} (p95 {fmt.format(s['p95'])})" if s else "-"))
         lines.append("| " + " | ".join(row) + " |")
-    lines += ["", "MB: both stages' files. Drift: mean (p95) over the images; IoU: U-Net mask vs the reference's mask; "
+    lines += ["", "MB: both stages' files. Load: sha256 check + sessions of both stages, in a process that loaded them once "
+              "before (first: that first load, which also compiles OpenVINO models into its empty cache). Cold start: a whole "
+              "`edgeba predict` process, median of the measured runs (first: the unmeasured first run, empty OpenVINO cache). Drift: mean (p95) over the images; IoU: U-Net mask vs the reference's mask; "
               "regress drift: this regressor on the reference's own input (months); e2e drift: whole pipeline vs the reference (months). "
               "`*`: FP32 file exported by the bench from the model's Keras files (the shipped dir lacks it). "
               "(runs bf16): OpenVINO's CPU plugin runs an FP32 model in bfloat16 on CPUs with AMX / AVX512-BF16, as `edgeba predict` does."]
     for t in ts:
         lines += ["", f"## Stages at {t} thread(s): median ms", "",
-                  "| format | decode | segment: input + model + mask | mask QC | crop+enhance | regress | total (p90) | not in a model |",
+                  "| format | decode | segment (U-Net alone) | mask QC etc. | crop+enhance | regress (regressor alone) | total (p90) | not in a model |",
                   "|---|---|---|---|---|---|---|---|"]
         for f, x in fm.items():
-            s = {k: v["median"] for k, v in x["latency"].get(t, {}).items() if isinstance(v, dict)}
+            s = {k: v["median"] for k, v in x["latency"].get(t, {}).items() if isinstance(v, dict) and "median" in v}
             if s:
-                lines.append(f"| {f} | {s['decode']:.1f} | {s['segment']:.1f}: {s['segment_input']:.1f} + {s['segment_model']:.1f} + "
-                             f"{s['segment_mask']:.1f} | {s['qc']:.1f} | {s['crop_enhance']:.1f} | {s['regress']:.1f} | "
+                lines.append(f"| {f} | {s['decode']:.1f} | {s['segment']:.1f} ({s['segment_model']:.1f}) | {s['qc']:.1f} | "
+                             f"{s['crop_enhance']:.1f} | {s['regress']:.1f} ({s['regress_model']:.1f}) | "
                              f"{s['total']:.1f} ({x['latency'][t]['total']['p90']:.1f}) | {s['total'] - s['models']:.1f} |")
+    lines += ["", "Stages as `edgeba predict` times them (Predictor.timings_ms); \"alone\": the runtime call by itself on the same "
+              "inputs, timed apart; \"not in a model\": total minus both models alone (numpy/OpenCV work INT8 cannot speed up)."]
     lines += ["", "## INT8 speed-up over FP32, same backend, same run (FP32 ms / INT8 ms)", "", "| backend | " +
               " | ".join(f"e2e {t}T | models {t}T" for t in ts) + " |", "|---|" + "---|---|" * len(ts)]
     for b, v in d["int8_speedup"].items():
@@ -86,15 +91,11 @@ def markdown(r: dict) -> str:
     for t in d["targets"]:
         ok = {True: "yes", False: "**no**", None: "not measured"}[t["pass"]]
         lines.append(f"| {t['name']} | {t['path']} | {_f(t['value'], '{:.2f}')} | {t['op']} {t['limit']} | {ok} |")
-    notes = [f"{f}: OpenVINO inference precision {x['latency'][ts[0]]['inference_precision']}" for f, x in fm.items()
-             if x["latency"].get(ts[0], {}).get("inference_precision")]
-    notes += [f"{f}: {e}" for f, x in fm.items() for e in x["errors"]]
+    notes = [f"{f}: {e}" for f, x in fm.items() for e in x["errors"]]
     notes += [f"{f}: {a['failed']} of {r['images']['accuracy']} images failed ({'; '.join(a['failures'])})"
               for f, x in fm.items() if (a := x.get("accuracy")) and a["failed"]]
     notes += [f"{f}: {a['qc_fail']} of {a['n']} masks failed mask QC (predicted anyway, as with --force)"
               for f, x in fm.items() if (a := x.get("accuracy")) and a["qc_fail"]]
-    notes += [f"{f}: {x['latency'][t]['empty_masks']} latency runs at {t}T had an empty mask (timed on the whole frame)"
-              for f, x in fm.items() for t in ts if x["latency"].get(t, {}).get("empty_masks")]
     if notes:
         lines += ["", "## Notes", ""] + [f"- {n}" for n in notes]
     return "\n".join(lines) + "\n"
@@ -112,21 +113,20 @@ def plot(r: dict, path: Path) -> bool:
     ts = [str(t) for t in r["settings"]["threads"]]
     fm = r["formats"]
     names = list(fm)
-    # Segment split into its model and its numpy/OpenCV pre- and post-processing: INT8 only speeds up the former.
-    parts = (("decode", ("decode",)), ("U-Net input + mask", ("segment_input", "segment_mask")), ("U-Net", ("segment_model",)),
-             ("mask QC", ("qc",)), ("crop + enhance", ("crop_enhance",)), ("regressor", ("regress",)))
+    parts = (("decode", "decode"), ("segment (U-Net + its pre/post-processing)", "segment"), ("mask QC etc.", "qc"),
+             ("crop + enhance", "crop_enhance"), ("regress", "regress"))
     fig, axes = plt.subplots(1, len(ts), figsize=(6 * len(ts), 0.45 * len(names) + 2.2), sharey=True, squeeze=False)
     for ax, t in zip(axes[0], ts):
         left = np.zeros(len(names))
-        for label, keys in parts:
-            v = np.array([sum(fm[f]["latency"].get(t, {}).get(k, {}).get("median", 0.0) for k in keys) for f in names])
+        for label, key in parts:
+            v = np.array([fm[f]["latency"].get(t, {}).get(key, {}).get("median", 0.0) for f in names])
             ax.barh(names, v, left=left, label=label)
             left += v
         ax.set_title(f"{t} thread(s): median ms per image")
         ax.set_xlabel("ms")
         ax.invert_yaxis()
     handles, labels = axes[0][0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=len(parts), fontsize=8)
+    fig.legend(handles, labels, loc="lower center", ncol=len(parts), fontsize=8, frameon=False)
     fig.suptitle(f"edgeba {r['model']['name']} on {r['machine']['cpu']} ({r['machine']['arch']})", fontsize=10)
     fig.tight_layout(rect=(0, 0.07, 1, 1))
     fig.savefig(path, dpi=100)

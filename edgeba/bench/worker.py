@@ -3,8 +3,8 @@
 A fresh process per (format, thread count), because TensorFlow fixes its thread pools when it
 starts and a clinic user's `edgeba predict` is a fresh process too. `run()` is the parent's side.
 
-The pipeline timed here is edgeba.predictor's, step by step, with the format chosen explicitly
-(a Predictor picks the INT8 file of a backend, and the benchmark needs FP32 beside it).
+What is timed is edgeba.predictor.Predictor itself, on a model dir holding one format (see
+measure.format_view): the benchmark measures the code `edgeba predict` runs, not a copy of it.
 """
 
 from __future__ import annotations
@@ -20,12 +20,12 @@ from pathlib import Path
 import numpy as np
 
 from edgeba import regress
-from edgeba.manifest import load_manifest
 
 RUNTIME_MODULE = {"tflite": "ai_edge_litert.interpreter", "openvino": "openvino", "onnx": "onnxruntime", "keras": "keras"}
+# Predictor.timings_ms keys -> bench stage names; "qc" is the rest of the total (mask QC, sex, warnings).
+STAGE_NAMES = {"load": "decode", "segment": "segment", "preprocess": "crop_enhance", "regress": "regress", "total": "total"}
 STAGE_KEYS = ("decode", "segment", "qc", "crop_enhance", "regress", "total")
-MODEL_KEYS = ("segment_model", "regress_model", "models")
-DETAIL_KEYS = ("segment_input", "segment_mask")  # the U-Net's pre- and post-processing, inside "segment"
+MODEL_KEYS = ("segment_model", "regress_model", "models")  # the runtimes alone, on the same inputs
 
 
 def backend_of(fmt: str) -> str:
@@ -37,79 +37,12 @@ def stats(values) -> dict:
     return {"median": float(np.median(a)), "p90": float(np.percentile(a, 90)), "mean": float(a.mean()), "n": int(a.size)}
 
 
-class Pipeline:
-    """Both stages of a model in one format, run with the runtime's own pre- and post-processing."""
-
-    def __init__(self, model_dir: str, fmt: str, threads: int):
-        from edgeba.preprocess import PreprocessConfig
-
-        manifest = load_manifest(model_dir)
-        runner = importlib.import_module(f"edgeba.backends.{backend_of(fmt)}").Runner
-        self.cfg = PreprocessConfig.from_dict(manifest.preprocess)
-        self.target, self.sex_input = manifest.target, manifest.sex_input
-        self.unet = runner(manifest.files("segment", fmt), threads) if self.cfg.segment else None
-        self.regressor = runner(manifest.files("regress", fmt), threads)
-
-    def mask(self, pixels: np.ndarray) -> np.ndarray | None:
-        from edgeba.segment import mask_from_prob, unet_input
-
-        if self.unet is None:
-            return None
-        x, box = unet_input(pixels, self.cfg.unet_size)
-        return mask_from_prob(self.unet.run({"image": x[None, :, :, None]}), box, pixels.shape)
-
-    def months(self, x: np.ndarray, male: int) -> float:
-        feed = {"image": x[None, :, :, None]}
-        if self.sex_input:
-            feed["sex"] = np.array([[float(male)]], np.float32)
-        return regress.months(self.regressor.run(feed), self.target)
-
-    def timed(self, path: str, male: int) -> dict[str, float]:
-        """One image through every stage; ms per step (the steps of Predictor.predict, mask QC included)."""
-        from edgeba.io import load_image
-        from edgeba.preprocess import regressor_input
-        from edgeba.quality import mask_quality
-        from edgeba.segment import mask_from_prob, unet_input
-
-        ms: dict[str, float] = {}
-        t0 = t = time.perf_counter()
-
-        def lap(name: str) -> None:
-            nonlocal t
-            now = time.perf_counter()
-            ms[name] = (now - t) * 1e3
-            t = now
-
-        rad = load_image(path)
-        lap("decode")
-        mask = None
-        if self.unet is not None:
-            x, box = unet_input(rad.pixels, self.cfg.unet_size)
-            lap("segment_input")
-            prob = self.unet.run({"image": x[None, :, :, None]})
-            lap("segment_model")
-            mask = mask_from_prob(prob, box, rad.shape)
-            lap("segment_mask")
-            mask_quality(mask)
-            lap("qc")
-            if not mask.any():  # an untrained or broken U-Net: still time the rest, on the whole frame
-                mask = np.ones_like(mask)
-                ms["empty_mask"] = 1.0
-        x = regressor_input(rad.pixels, mask, self.cfg)
-        lap("crop_enhance")
-        self.months(x, male)
-        lap("regress")
-        ms["total"] = (time.perf_counter() - t0) * 1e3
-        ms["regress_model"] = ms["regress"]  # feed + invoke + months: nothing else to separate
-        for k in DETAIL_KEYS + ("segment_model", "qc"):
-            ms.setdefault(k, 0.0)
-        ms["segment"] = ms["segment_input"] + ms["segment_model"] + ms["segment_mask"]
-        ms["models"] = ms["segment_model"] + ms["regress_model"]
-        return ms
+def sex_of(male: int) -> str:
+    return "male" if male else "female"
 
 
 def limit_threads(threads: int, fmt: str | None = None) -> None:
-    """OpenCV (pre/post-processing) and TensorFlow to `threads`; the runtimes get it from their Runner."""
+    """OpenCV (pre/post-processing) and TensorFlow to `threads`; the runtimes get it from the Predictor."""
     import cv2
 
     cv2.setNumThreads(threads)
@@ -120,58 +53,92 @@ def limit_threads(threads: int, fmt: str | None = None) -> None:
         tf.config.threading.set_inter_op_parallelism_threads(1)
 
 
+def stage_ms(timings: dict[str, float]) -> dict[str, float]:
+    ms = {STAGE_NAMES[k]: v for k, v in timings.items() if k in STAGE_NAMES}
+    ms["qc"] = ms["total"] - sum(ms[k] for k in ("decode", "segment", "crop_enhance", "regress") if k in ms)
+    return {k: ms.get(k, 0.0) for k in STAGE_KEYS}
+
+
+def model_inputs(predictor, pred) -> tuple[dict | None, dict]:
+    """The U-Net and regressor feeds of a finished prediction, rebuilt with the pipeline's own functions."""
+    from edgeba.preprocess import regressor_input
+    from edgeba.segment import unet_input
+
+    pixels = pred.radiograph.pixels
+    unet = {"image": unet_input(pixels, predictor.cfg.unet_size)[0][None, :, :, None]} if predictor.unet else None
+    return unet, regressor_feed(predictor, regressor_input(pixels, pred.mask, predictor.cfg), pred.sex)
+
+
+def regressor_feed(predictor, x: np.ndarray, sex: str | None) -> dict:
+    feed = {"image": x[None, :, :, None]}
+    if predictor.manifest.sex_input:
+        feed["sex"] = np.array([[1.0 if sex == "male" else 0.0]], np.float32)
+    return feed
+
+
+def _ms(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return (time.perf_counter() - t0) * 1e3
+
+
 def work_latency(spec: dict) -> dict:
-    fmt, threads = spec["format"], spec["threads"]
+    from edgeba.predictor import Predictor
+
+    fmt, threads, view, cases = spec["format"], spec["threads"], spec["view"], spec["cases"]
     limit_threads(threads, fmt)
-    t0 = time.perf_counter()
-    importlib.import_module(RUNTIME_MODULE[backend_of(fmt)])
-    import_ms = (time.perf_counter() - t0) * 1e3
-    t0 = time.perf_counter()
-    pipe = Pipeline(spec["model"], fmt, threads)  # verifies sha256 like edgeba predict does
-    load_ms = (time.perf_counter() - t0) * 1e3
-    cases = spec["cases"]
-    laps = [pipe.timed(*cases[i % len(cases)]) for i in range(spec["warmup"] + spec["runs"])][spec["warmup"] :]
-    keys = STAGE_KEYS + MODEL_KEYS + DETAIL_KEYS
-    out = {"import_ms": import_ms, "load_ms": load_ms, "empty_masks": int(sum(d.get("empty_mask", 0) for d in laps))}
-    out |= {k: stats([d[k] for d in laps]) for k in keys}
+    import_ms = _ms(lambda: importlib.import_module(RUNTIME_MODULE[backend_of(fmt)]))
+    # Twice: the first load also fills OpenVINO's compiled-model cache (empty in this worker), the second
+    # is what every later `edgeba predict` pays.
+    first = Predictor(view, backend_of(fmt), threads)
+    predictor = Predictor(view, backend_of(fmt), threads)
+    preds = [predictor.predict(cases[i % len(cases)][0], sex_of(cases[i % len(cases)][1]), force=True)
+             for i in range(spec["warmup"] + spec["runs"])][spec["warmup"] :]
+    laps = [stage_ms(p.timings_ms) for p in preds]
+    feeds = [model_inputs(predictor, p) for p in preds[: len(cases)]]
+    models = []
+    for i in range(spec["warmup"] + spec["runs"]):
+        unet, reg = feeds[i % len(feeds)]
+        seg = _ms(lambda: predictor.unet.run(unet)) if unet else 0.0
+        models.append({"segment_model": seg, "regress_model": _ms(lambda: predictor.regressor.run(reg))})
+    models = [m | {"models": m["segment_model"] + m["regress_model"]} for m in models[spec["warmup"] :]]
+    out = {"import_ms": import_ms, "load_first_ms": first.load_ms, "load_ms": predictor.load_ms, "formats": predictor.formats}
+    out |= {k: stats([d[k] for d in laps]) for k in STAGE_KEYS} | {k: stats([d[k] for d in models]) for k in MODEL_KEYS}
     if backend_of(fmt) == "openvino":  # FP32 IR runs in bf16 on CPUs with AMX/AVX512-BF16 unless told f32
-        out["inference_precision"] = pipe.regressor.compiled.get_property("INFERENCE_PRECISION_HINT").to_string()
+        out["inference_precision"] = predictor.regressor.compiled.get_property("INFERENCE_PRECISION_HINT").to_string()
     return out
 
 
 def work_accuracy(spec: dict) -> dict:
-    """Every format on the same decoded images: MAE, and drift vs the float reference stage by stage
-    (mask IoU; regressor on the reference's own input; end to end)."""
-    from edgeba.io import load_image
+    """Every format on the same images: MAE, and drift vs the float reference stage by stage
+    (mask IoU; this regressor on the reference's own input; end to end)."""
+    from edgeba.errors import EdgebaError
+    from edgeba.predictor import Predictor
     from edgeba.preprocess import regressor_input
-    from edgeba.quality import mask_quality
 
-    threads, ref, formats = spec["threads"], spec["reference"], spec["formats"]
-    limit_threads(threads, "keras" if "keras" in formats else None)
-    pipes = {f: Pipeline(spec["model"], f, threads) for f in formats}
-    acc = {f: {"abs_err": [], "iou": [], "regress_drift": [], "e2e_drift": [], "qc_fail": 0, "failed": 0, "why": []} for f in formats}
+    threads, ref, views = spec["threads"], spec["reference"], spec["views"]
+    limit_threads(threads, "keras" if "keras" in views else None)
+    predictors = {f: Predictor(v, backend_of(f), threads) for f, v in views.items()}
+    acc = {f: {"abs_err": [], "iou": [], "regress_drift": [], "e2e_drift": [], "qc_fail": 0, "failed": 0, "why": []} for f in views}
     for path, male, truth in spec["cases"]:
-        pixels = load_image(path).pixels
-        r = None  # the reference's (mask, regressor input, months) on this image
-        for f in [ref] + [f for f in formats if f != ref]:
-            a, pipe = acc[f], pipes[f]
+        r = None  # the reference's prediction and regressor feed on this image
+        for f in [ref] + [f for f in views if f != ref]:
+            a, p = acc[f], predictors[f]
             try:
-                mask = pipe.mask(pixels)
-                a["qc_fail"] += int(mask is not None and not mask_quality(mask).ok)
-                x = regressor_input(pixels, mask, pipe.cfg)
-                months = pipe.months(x, male)
-            except Exception as exc:  # a failed image is counted, never silently dropped
+                pred = p.predict(path, sex_of(male), force=True)
+            except EdgebaError as exc:  # counted, never silently dropped (an empty mask is refused even forced)
                 a["failed"] += 1
-                a["why"] = (a["why"] + [f"{Path(path).stem}: {type(exc).__name__}: {exc}"[:160]])[:3]
+                a["why"] = (a["why"] + [str(exc)[:160]])[:3]
                 continue
-            a["abs_err"].append(abs(months - truth))
+            a["qc_fail"] += int(pred.mask_quality is not None and not pred.mask_quality["ok"])
+            a["abs_err"].append(abs(pred.bone_age_months - truth))
             if f == ref:
-                r = (mask, x, months)
+                r = (pred, regressor_feed(p, regressor_input(pred.radiograph.pixels, pred.mask, p.cfg), pred.sex))
             elif r is not None:
-                if mask is not None:
-                    a["iou"].append(iou(mask, r[0]))
-                a["regress_drift"].append(abs(pipe.months(r[1], male) - r[2]))
-                a["e2e_drift"].append(abs(months - r[2]))
+                if pred.mask is not None:
+                    a["iou"].append(iou(pred.mask, r[0].mask))
+                a["regress_drift"].append(abs(regress.months(p.regressor.run(r[1]), p.target) - r[0].bone_age_months))
+                a["e2e_drift"].append(abs(pred.bone_age_months - r[0].bone_age_months))
     return {f: summarize_accuracy(a, f == ref) for f, a in acc.items()}
 
 
@@ -197,14 +164,8 @@ def work_peak(spec: dict) -> dict:
     rng = np.random.default_rng(0)
     a, b = rng.random((n, n), np.float32), rng.random((n, n), np.float32)
     a @ b  # BLAS warm-up (thread pool, page faults)
-    best = min(_timed(lambda: a @ b) for _ in range(spec["repeats"]))
+    best = min(_ms(lambda: a @ b) for _ in range(spec["repeats"])) / 1e3
     return {"n": n, "gmac_per_s": n**3 / best / 1e9, "seconds": best}
-
-
-def _timed(fn) -> float:
-    t0 = time.perf_counter()
-    fn()
-    return time.perf_counter() - t0
 
 
 def work_derive(spec: dict) -> dict:
@@ -219,15 +180,16 @@ def work_derive(spec: dict) -> dict:
 WORKERS = {"latency": work_latency, "accuracy": work_accuracy, "peak": work_peak, "derive": work_derive}
 
 
-def thread_env(threads: int) -> dict:
+def thread_env(threads: int, cache: Path) -> dict:
     n = str(threads)
     return dict(os.environ, OMP_NUM_THREADS=n, OPENBLAS_NUM_THREADS=n, MKL_NUM_THREADS=n, TF_NUM_INTRAOP_THREADS=n,
-                TF_NUM_INTEROP_THREADS="1", TF_CPP_MIN_LOG_LEVEL="3")
+                TF_NUM_INTEROP_THREADS="1", TF_CPP_MIN_LOG_LEVEL="3", XDG_CACHE_HOME=str(cache))
 
 
-def run(task: str, spec: dict, threads: int, timeout: float = 3600) -> dict:
-    """The parent's side: one task in a fresh process limited to `threads`; its JSON result."""
-    proc = subprocess.run([sys.executable, "-m", "edgeba.bench.worker", task, json.dumps(spec)], env=thread_env(threads),
+def run(task: str, spec: dict, threads: int, cache: Path, timeout: float = 3600) -> dict:
+    """The parent's side: one task in a fresh process limited to `threads`, with `cache` as its
+    XDG_CACHE_HOME (OpenVINO's compiled models: the bench neither uses nor fills the user's cache)."""
+    proc = subprocess.run([sys.executable, "-m", "edgeba.bench.worker", task, json.dumps(spec)], env=thread_env(threads, cache),
                           capture_output=True, text=True, timeout=timeout)
     lines = proc.stdout.strip().splitlines()
     if proc.returncode != 0 or not lines:
