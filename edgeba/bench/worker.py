@@ -119,7 +119,8 @@ def work_accuracy(spec: dict) -> dict:
     threads, ref, views = spec["threads"], spec["reference"], spec["views"]
     limit_threads(threads, "keras" if "keras" in views else None)
     predictors = {f: Predictor(v, backend_of(f), threads) for f, v in views.items()}
-    acc = {f: {"abs_err": [], "iou": [], "regress_drift": [], "e2e_drift": [], "qc_fail": 0, "failed": 0, "why": []} for f in views}
+    acc = {f: {"abs_err": [], "abs_err_qc_ok": [], "iou": [], "regress_drift": [], "e2e_drift": [], "qc_fail": 0, "failed": 0, "why": []}
+           for f in views}
     for path, male, truth in spec["cases"]:
         r = None  # the reference's prediction and regressor feed on this image
         for f in [ref] + [f for f in views if f != ref]:
@@ -130,8 +131,11 @@ def work_accuracy(spec: dict) -> dict:
                 a["failed"] += 1
                 a["why"] = (a["why"] + [str(exc)[:160]])[:3]
                 continue
-            a["qc_fail"] += int(pred.mask_quality is not None and not pred.mask_quality["ok"])
+            qc_ok = pred.mask_quality is None or pred.mask_quality["ok"]
+            a["qc_fail"] += int(not qc_ok)
             a["abs_err"].append(abs(pred.bone_age_months - truth))
+            if qc_ok:  # what `edgeba predict` without --force answers at all
+                a["abs_err_qc_ok"].append(a["abs_err"][-1])
             if f == ref:
                 r = (pred, regressor_feed(p, regressor_input(pred.radiograph.pixels, pred.mask, p.cfg), pred.sex))
             elif r is not None:
@@ -152,7 +156,8 @@ def summarize_accuracy(a: dict, is_reference: bool) -> dict:
         return None if not v else {"mean": float(np.mean(v)), "p95": float(np.percentile(v, 95)), "max": float(np.max(v)), "min": float(np.min(v))}
 
     out = {"n": len(a["abs_err"]), "failed": a["failed"], "failures": a["why"], "qc_fail": a["qc_fail"],
-           "mae": float(np.mean(a["abs_err"])) if a["abs_err"] else None, "reference": is_reference}
+           "mae": float(np.mean(a["abs_err"])) if a["abs_err"] else None,
+           "mae_qc_ok": float(np.mean(a["abs_err_qc_ok"])) if a["abs_err_qc_ok"] else None, "reference": is_reference}
     if not is_reference:
         out |= {"mask_iou": spread(a["iou"]), "regress_drift_months": spread(a["regress_drift"]), "e2e_drift_months": spread(a["e2e_drift"])}
     return out
