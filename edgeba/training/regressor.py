@@ -142,7 +142,7 @@ def _report(model, cache, cfg, target, split, run_dir: Path) -> dict:
     return out
 
 
-def train(cache_path: Path, run_dir: Path, cfg: RegressorConfig, workers: int = 2) -> dict:
+def train(cache_path: Path, run_dir: Path, cfg: RegressorConfig, workers: int = 2, init_from: Path | None = None) -> dict:
     keras.utils.set_random_seed(cfg.seed)
     run_dir.mkdir(parents=True, exist_ok=True)
     cache = load_crop_cache(cache_path)
@@ -155,9 +155,11 @@ def train(cache_path: Path, run_dir: Path, cfg: RegressorConfig, workers: int = 
     tr, tu = (cache["split"] == "train") & ok, (cache["split"] == "tune") & ok
     target = {"mean": float(cache["age"][tr].mean()), "std": float(cache["age"][tr].std())}
     norm = (cache["age"] - target["mean"]) / target["std"]
-    (run_dir / "config.json").write_text(json.dumps({**cfg.to_dict(), "target": target, "cache": str(cache_path), "backend": keras.config.backend()}, indent=2))
+    (run_dir / "config.json").write_text(json.dumps({**cfg.to_dict(), "target": target, "cache": str(cache_path), "init_from": str(init_from) if init_from else None, "backend": keras.config.backend()}, indent=2))
 
     model = build_regressor(cfg.variant, cfg.preprocess.input_size, cfg.sex_input, cfg.dropout)
+    if init_from is not None:  # fine-tuning / annealing a finished run (e.g. on the CPU after a GPU run)
+        model.set_weights(keras.models.load_model(init_from).get_weights())
     steps = len(CropBatches(cache["crops"][tr], cache["male"][tr], norm[tr], cfg, True)) * cfg.epochs
     schedule = keras.optimizers.schedules.CosineDecay(cfg.lr, decay_steps=steps, alpha=0.02)
     model.compile(optimizer=keras.optimizers.Adam(schedule), loss="mse", metrics=["mae"])
@@ -209,6 +211,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--patience", type=int, default=30)
     p.add_argument("--time-budget", type=float, default=0.0, help="seconds of training before stopping")
     p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--init-from", type=Path, help="start from this model's weights (fine-tune / anneal)")
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args(argv)
     cfg = RegressorConfig(
@@ -217,7 +220,7 @@ def main(argv: list[str] | None = None) -> dict:
         preprocess=PreprocessConfig(input_size=a.size, enhance=not a.no_enhance, segment=not a.no_segment),
         epochs=a.epochs, lr=a.lr, patience=a.patience, time_budget_s=a.time_budget, seed=a.seed,
     )
-    result = train(a.cache, a.run_dir, cfg, workers=a.workers)
+    result = train(a.cache, a.run_dir, cfg, workers=a.workers, init_from=a.init_from)
     print(json.dumps({"val": result["val"], "tune_mae": result["tune"]["plain"]["mae"]}, indent=1))
     return result
 
