@@ -47,15 +47,10 @@ def format_view(manifest, fmt: str, root: Path) -> Path:
     """A model dir holding only `fmt`, so `edgeba predict --backend B` runs exactly that format."""
     view = root / fmt
     view.mkdir(parents=True)
-    data = json.loads(json.dumps(manifest.data))
-    data["stages"] = {}
-    for stage, formats in manifest.data["stages"].items():
-        if fmt not in formats:
-            continue
-        entry = formats[fmt]
-        data["stages"][stage] = {fmt: entry}
-        copy_files(manifest.dir, entry, view)
-    (view / "manifest.json").write_text(json.dumps(data))
+    stages = {stage: {fmt: formats[fmt]} for stage, formats in manifest.data["stages"].items() if fmt in formats}
+    for entries in stages.values():
+        copy_files(manifest.dir, entries[fmt], view)
+    (view / "manifest.json").write_text(json.dumps({**manifest.data, "stages": stages}))
     return view
 
 
