@@ -20,6 +20,7 @@ from edgeba.quality import mask_quality
 WORK_SIDE = 256  # bootstrap resolution: fingers stay several pixels wide, a call stays ~0.1 s
 N_LEVELS = 24  # thresholds tried by the bootstrap
 GROW = 0.006  # final dilation radius / longest image side
+THIN_PX = 3.0  # U-Net masks: parts thinner than this many model pixels are removed (chosen on train+tune)
 
 
 @dataclass(frozen=True)
@@ -111,5 +112,11 @@ def mask_from_prob(prob: np.ndarray, letterbox: Letterbox, shape: tuple[int, int
     p = np.squeeze(np.asarray(prob, np.float32))
     lb = letterbox
     p = p[lb.top : lb.top + lb.height, lb.left : lb.left + lb.width]
-    big = cv2.resize(p, (shape[1], shape[0]), interpolation=cv2.INTER_LINEAR)
-    return fill_holes(largest_component(big >= threshold))
+    raw = (cv2.resize(p, (shape[1], shape[0]), interpolation=cv2.INTER_LINEAR) >= threshold).astype(np.uint8)
+    # Structures thinner than THIN_PX model pixels are below the U-Net's resolution; in practice they
+    # are the bright line along a collimation edge. Opening removes them, growing the survivor back
+    # inside the thresholded mask restores the true outline.
+    r = max(1, round(THIN_PX / 2 / lb.scale))
+    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))
+    core = largest_component(cv2.morphologyEx(raw, cv2.MORPH_OPEN, kernel))
+    return fill_holes(largest_component(cv2.dilate(core, kernel) & raw))
