@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
 
+import cv2
 import numpy as np
 
 from edgeba.crop import canonical_crop, plain_resize
@@ -51,3 +52,22 @@ def enhance_stage(crop: np.ndarray, cfg: PreprocessConfig) -> np.ndarray:
 def regressor_input(pixels: np.ndarray, mask: np.ndarray | None, cfg: PreprocessConfig) -> np.ndarray:
     """float32 (S, S) in [0, 1]: what the regressor sees for this image."""
     return enhance_stage(crop_stage(pixels, mask, cfg), cfg).astype(np.float32)
+
+
+# Test-time augmentation: (rotation degrees, scale) views of the crop, averaged by the caller.
+# Training augments with the same `affine`, so these views are in the training distribution.
+TTA_VIEWS = ((0.0, 1.0), (0.0, 1.05), (0.0, 0.95), (4.0, 1.0), (-4.0, 1.0))
+
+
+def affine(crop: np.ndarray, angle: float = 0.0, scale: float = 1.0, dx: float = 0.0, dy: float = 0.0) -> np.ndarray:
+    """Rotate/scale about the centre and shift (fractions of the side) a square crop; background 0."""
+    s = crop.shape[0]
+    m = cv2.getRotationMatrix2D((s / 2, s / 2), angle, scale)
+    m[:, 2] += (dx * s, dy * s)
+    return cv2.warpAffine(crop, m, (s, s), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+
+
+def regressor_inputs_tta(pixels: np.ndarray, mask: np.ndarray | None, cfg: PreprocessConfig) -> np.ndarray:
+    """float32 (len(TTA_VIEWS), S, S): the regressor input under each TTA view (first = plain)."""
+    crop = crop_stage(pixels, mask, cfg)
+    return np.stack([enhance_stage(affine(crop, a, sc) if (a, sc) != (0.0, 1.0) else crop, cfg) for a, sc in TTA_VIEWS]).astype(np.float32)

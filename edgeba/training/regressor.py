@@ -16,12 +16,11 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import cv2
 import keras
 import numpy as np
 
 from edgeba import dataset, metrics
-from edgeba.preprocess import PreprocessConfig, enhance_stage
+from edgeba.preprocess import TTA_VIEWS, PreprocessConfig, affine, enhance_stage
 from edgeba.training.crops import load_crop_cache
 from edgeba.training.nets import build_regressor, count_macs
 
@@ -48,22 +47,12 @@ class RegressorConfig:
         return d
 
 
-def _affine(x: np.ndarray, angle: float, scale: float, dx: float, dy: float) -> np.ndarray:
-    s = x.shape[0]
-    m = cv2.getRotationMatrix2D((s / 2, s / 2), angle, scale)
-    m[:, 2] += (dx * s, dy * s)
-    return cv2.warpAffine(x, m, (s, s), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
-
-
 def augment(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Radiograph-safe augmentation on a [0,1] crop: small rotation/scale/shift and gamma.
     No flips: it is always the left hand. Linear brightness/contrast changes would be undone by
     normalisation, so intensity is varied by gamma instead."""
-    x = _affine(x, rng.uniform(-10, 10), rng.uniform(0.9, 1.1), rng.uniform(-0.05, 0.05), rng.uniform(-0.05, 0.05))
+    x = affine(x, rng.uniform(-10, 10), rng.uniform(0.9, 1.1), rng.uniform(-0.05, 0.05), rng.uniform(-0.05, 0.05))
     return np.power(np.clip(x, 0, 1), rng.uniform(0.75, 1.33)).astype(np.float32)
-
-
-TTA_VIEWS = ((0, 1.0, 0, 0), (0, 1.05, 0, 0), (0, 0.95, 0, 0), (4, 1.0, 0, 0), (-4, 1.0, 0, 0))
 
 
 class CropBatches(keras.utils.PyDataset):
@@ -98,8 +87,8 @@ class CropBatches(keras.utils.PyDataset):
         return inputs, self.target[idx, None].astype(np.float32)
 
 
-def model_inputs(crops: np.ndarray, male: np.ndarray, cfg: RegressorConfig, view=(0, 1.0, 0, 0)) -> dict:
-    xs = [enhance_stage(_affine(c.astype(np.float32) / 255.0, *view) if view != (0, 1.0, 0, 0) else c.astype(np.float32) / 255.0, cfg.preprocess) for c in crops]
+def model_inputs(crops: np.ndarray, male: np.ndarray, cfg: RegressorConfig, view=TTA_VIEWS[0]) -> dict:
+    xs = [enhance_stage(affine(c.astype(np.float32) / 255.0, *view) if view != TTA_VIEWS[0] else c.astype(np.float32) / 255.0, cfg.preprocess) for c in crops]
     inputs = {"image": np.stack(xs)[..., None]}
     if cfg.sex_input:
         inputs["sex"] = male[:, None].astype(np.float32)
