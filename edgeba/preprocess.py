@@ -34,12 +34,19 @@ class PreprocessConfig:
 
 
 def crop_stage(pixels: np.ndarray, mask: np.ndarray | None, cfg: PreprocessConfig) -> np.ndarray:
-    """Geometry only (cacheable): the letterboxed hand, or the whole image when segment is off."""
+    """Geometry only (cacheable): the letterboxed hand, or the whole image when segment is off.
+
+    The result is rounded to 8-bit levels because the training cache stores crops as uint8: the
+    sharpening kernel amplifies even sub-1/255 differences, and training and inference must see
+    bit-identical inputs.
+    """
     if cfg.segment:
         if mask is None:
             raise ValueError("this model expects a segmented hand: a mask is required")
-        return canonical_crop(pixels, mask, cfg.input_size, cfg.margin)[0]
-    return plain_resize(pixels, cfg.input_size)
+        crop = canonical_crop(pixels, mask, cfg.input_size, cfg.margin)[0]
+    else:
+        crop = plain_resize(pixels, cfg.input_size)
+    return (np.round(np.clip(crop, 0.0, 1.0) * 255.0) / 255.0).astype(np.float32)
 
 
 def enhance_stage(crop: np.ndarray, cfg: PreprocessConfig) -> np.ndarray:

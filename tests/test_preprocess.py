@@ -52,3 +52,12 @@ def test_without_segmentation_the_whole_image_is_used(radiograph):
 def test_config_round_trips_through_a_manifest_dict():
     cfg = PreprocessConfig(input_size=224, enhance=False)
     assert PreprocessConfig.from_dict({**cfg.to_dict(), "unknown_key": 1}) == cfg
+
+
+def test_crop_is_on_8bit_levels_like_the_training_cache(radiograph):
+    """Training reads uint8 crops; inference must feed bit-identical values to the enhance stage."""
+    pixels, mask = radiograph
+    crop = crop_stage(pixels, mask, PreprocessConfig())
+    assert np.array_equal(crop, np.round(crop * 255) / 255)
+    cached = np.round(crop * 255).astype(np.uint8).astype(np.float32) / 255.0
+    assert np.array_equal(enhance_stage(cached, PreprocessConfig()), enhance_stage(crop, PreprocessConfig()))
