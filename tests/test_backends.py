@@ -213,3 +213,9 @@ def test_unet_parity_with_keras(real_inputs, runtime):
         b = mask_from_prob(run.run({"image": x[None, :, :, None]}), box, shape).astype(bool)
         iou = (a & b).sum() / max((a | b).sum(), 1)
         assert iou >= 0.97, f"{runtime} image {GOOD_IDS[k]}: mask IoU {iou:.3f} vs float"
+
+
+def test_openvino_runs_float_layers_in_f32(fixture_model):
+    """Not bfloat16, which OpenVINO picks by default on CPUs with AMX: results must not depend on the CPU."""
+    run = backends.open_stage(load_manifest(fixture_model), "regress", "openvino", 1)
+    assert str(run.compiled.get_property("INFERENCE_PRECISION_HINT")) in ("f32", "<Type: 'float32'>")

@@ -35,7 +35,9 @@ class Runner:
         if (cache := _cache_dir()) is not None:
             core.set_property({"CACHE_DIR": str(cache)})
         model = core.read_model(str(files.path), str(files.weights) if files.weights else None)
-        config = {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY"}
+        # f32: on CPUs with AMX/AVX512-BF16 OpenVINO would otherwise run float layers in bfloat16, so
+        # the same model would give a different bone age from one machine to the next.
+        config = {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"}
         self.format = files.format
         self.compiled = core.compile_model(model, "CPU", config)
         self.request = self.compiled.create_infer_request()
