@@ -113,3 +113,23 @@ def test_helpers():
 def test_segment_imports_no_ml_framework():
     code = "import sys, edgeba.segment, edgeba.quality; sys.exit(any(k in sys.modules for k in ('keras', 'tensorflow', 'jax')))"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+def test_unet_design_fits_int8_and_budget():
+    """The exported graph: batch 1, input 'image', sigmoid output, bounded activations, no concat."""
+    pytest.importorskip("keras")
+    from keras import layers
+
+    from edgeba.training.unet import build_unet, conv_macs
+
+    m = build_unet(128, 8)
+    assert m.input.shape == (1, 128, 128, 1) and m.inputs[0].name == "image"
+    assert m.output.shape == (1, 128, 128, 1)
+    assert conv_macs(m) <= 0.3e9
+    kinds = {type(layer) for layer in m.layers}
+    assert layers.Concatenate not in kinds and layers.Conv2DTranspose not in kinds
+    assert all(layer.max_value == 6.0 for layer in m.layers if isinstance(layer, layers.ReLU))
+    convs = [layer for layer in m.layers if isinstance(layer, layers.Conv2D)]
+    assert all(not c.use_bias for c in convs[:-1])  # every hidden conv is followed by BatchNorm
+    y = np.asarray(m(np.random.default_rng(0).random((1, 128, 128, 1), dtype=np.float32)))
+    assert 0 <= y.min() and y.max() <= 1
