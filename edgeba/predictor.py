@@ -18,7 +18,7 @@ from edgeba.backends import choose, default_threads, open_stage
 from edgeba.errors import InputError, SegmentationError
 from edgeba.io import Radiograph, load_image
 from edgeba.manifest import load_manifest
-from edgeba.preprocess import PreprocessConfig, regressor_input
+from edgeba.preprocess import PreprocessConfig, regressor_input, regressor_inputs_tta
 from edgeba.quality import mask_quality
 from edgeba.segment import mask_from_prob, unet_input
 
@@ -36,6 +36,7 @@ class Prediction:
     timings_ms: dict[str, float]
     mask_quality: dict | None  # {"ok", "reasons", "metrics"}; None for a model without segmentation
     warnings: list[str]
+    tta_views: int = 1  # regressor runs averaged (test-time augmentation)
     chronological_age_months: float | None = None
     bone_minus_chronological_months: float | None = None
     radiograph: Radiograph | None = field(default=None, repr=False)
@@ -53,6 +54,7 @@ class Prediction:
             "timings_ms": {k: round(v, 2) for k, v in self.timings_ms.items()},
             "mask_quality": self.mask_quality,
             "warnings": list(self.warnings),
+            "tta_views": self.tta_views,
             "chronological_age_months": self.chronological_age_months,
             "bone_minus_chronological_months": (
                 None if self.bone_minus_chronological_months is None else round(self.bone_minus_chronological_months, 2)
@@ -72,6 +74,9 @@ class Predictor:
         self.threads = threads or default_threads()
         self.cfg = PreprocessConfig.from_dict(self.manifest.preprocess)
         self.target = self.manifest.target
+        # Test-time augmentation, when the model was validated with it (manifest "tta", as in its
+        # training run's config): the mean over the fixed views of edgeba.preprocess.TTA_VIEWS.
+        self.tta = bool(self.manifest.data.get("tta", False))
         self.unet = open_stage(self.manifest, "segment", self.backend, self.threads) if self.cfg.segment else None
         self.regressor = open_stage(self.manifest, "regress", self.backend, self.threads)
         self.formats = {"regress": self.regressor.format} | ({"segment": self.unet.format} if self.unet else {})
@@ -118,14 +123,12 @@ class Predictor:
                 warnings.append(f"segmentation failed quality checks ({why}); result forced, do not trust it")
 
         t0 = time.perf_counter()
-        x = regressor_input(rad.pixels, mask, self.cfg)
+        views = regressor_inputs_tta(rad.pixels, mask, self.cfg) if self.tta else regressor_input(rad.pixels, mask, self.cfg)[None]
         timings["preprocess"] = _ms(t0)
 
         t0 = time.perf_counter()
-        feed = {"image": x[None, :, :, None]}
-        if self.manifest.sex_input:
-            feed["sex"] = np.array([[1.0 if used_sex == "male" else 0.0]], np.float32)
-        age = regress.months(self.regressor.run(feed), self.target)
+        sex_feed = {"sex": np.array([[1.0 if used_sex == "male" else 0.0]], np.float32)} if self.manifest.sex_input else {}
+        age = float(np.mean([regress.months(self.regressor.run({"image": x[None, :, :, None]} | sex_feed), self.target) for x in views]))
         timings["regress"] = _ms(t0)
         timings["total"] = _ms(t_all)
         if (w := regress.plausibility_warning(age)) is not None:
@@ -142,6 +145,7 @@ class Predictor:
             timings_ms=timings,
             mask_quality=quality,
             warnings=warnings,
+            tta_views=len(views),
             chronological_age_months=rad.age_months,
             bone_minus_chronological_months=diff,
             radiograph=rad,

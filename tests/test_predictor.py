@@ -1,0 +1,40 @@
+"""The runtime pipeline in-process: stage timings, test-time augmentation, sex handling."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+from runtime_fixtures import *  # noqa: F401,F403
+
+from edgeba.errors import InputError
+from edgeba.io import load_image
+from edgeba.predictor import Predictor
+from edgeba.preprocess import TTA_VIEWS, regressor_inputs_tta
+
+
+def test_stages_are_timed(fixture_model, good_image):
+    pred = Predictor(fixture_model, "tflite", 1).predict(good_image, "female")
+    assert set(pred.timings_ms) == {"load", "segment", "preprocess", "regress", "total"}
+    assert pred.timings_ms["total"] >= sum(v for k, v in pred.timings_ms.items() if k != "total") * 0.99
+    assert pred.tta_views == 1 and pred.sex == "female" and pred.mask.shape == pred.radiograph.shape
+
+
+def test_tta_averages_the_views_when_the_manifest_asks(fixture_model, good_image, tmp_path):
+    model = shutil.copytree(fixture_model, tmp_path / "m")
+    data = json.loads((model / "manifest.json").read_text())
+    (model / "manifest.json").write_text(json.dumps(data | {"tta": True}))
+    p = Predictor(model, "tflite", 1)
+    pred = p.predict(good_image, "male")
+    views = regressor_inputs_tta(load_image(good_image).pixels, pred.mask, p.cfg)
+    outs = [p.regressor.run({"image": v[None, :, :, None], "sex": np.ones((1, 1), np.float32)}).item() for v in views]
+    mean, std = p.target
+    assert pred.tta_views == len(TTA_VIEWS)
+    assert pred.bone_age_months == pytest.approx(np.mean(outs) * std + mean, abs=1e-4)
+
+
+def test_invalid_sex_value(fixture_model, good_image):
+    with pytest.raises(InputError, match="male' or 'female"):
+        Predictor(fixture_model, "tflite", 1).predict(good_image, "m")
