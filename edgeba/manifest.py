@@ -65,8 +65,8 @@ class Manifest:
 
     @property
     def segments(self) -> bool:
-        """Whether the regressor was trained on segmented crops (needs the U-Net stage)."""
-        return bool(self.preprocess.get("segment", True))
+        """Whether the model has a U-Net stage (it crops to the hand, or at least gates the input)."""
+        return bool(self.formats("segment"))
 
     def formats(self, stage: str) -> list[str]:
         return [f for f in FORMATS if f in (self.data.get("stages", {}).get(stage) or {})]

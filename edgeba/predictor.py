@@ -77,7 +77,9 @@ class Predictor:
         # Test-time augmentation, when the model was validated with it (manifest "tta", as in its
         # training run's config): the mean over the fixed views of edgeba.preprocess.TTA_VIEWS.
         self.tta = bool(self.manifest.data.get("tta", False))
-        self.unet = open_stage(self.manifest, "segment", self.backend, self.threads) if self.cfg.segment else None
+        # The U-Net runs whenever the model has one: it crops the hand (cfg.segment) and in any case
+        # gates the input (no hand found -> refusal) and draws the QC overlay.
+        self.unet = open_stage(self.manifest, "segment", self.backend, self.threads) if self.manifest.segments else None
         self.regressor = open_stage(self.manifest, "regress", self.backend, self.threads)
         self.formats = {"regress": self.regressor.format} | ({"segment": self.unet.format} if self.unet else {})
         self.load_ms = _ms(t0)
@@ -118,9 +120,13 @@ class Predictor:
             quality = {"ok": bool(q.ok), "reasons": list(q.reasons), "metrics": q.metrics}
             if not q.ok:
                 why = "; ".join(q.reasons) or "mask failed the quality checks"
-                if not force or not mask.any():
+                if not self.cfg.segment and hand_present(q):
+                    # The regressor sees the whole image: a leaky mask does not change the estimate.
+                    warnings.append(f"hand mask failed quality checks ({why}); the model does not crop to it, check the overlay")
+                elif not force or not mask.any():
                     raise SegmentationError(f"{name}: no plausible hand found ({why})")
-                warnings.append(f"segmentation failed quality checks ({why}); result forced, do not trust it")
+                else:
+                    warnings.append(f"segmentation failed quality checks ({why}); result forced, do not trust it")
 
         t0 = time.perf_counter()
         views = regressor_inputs_tta(rad.pixels, mask, self.cfg) if self.tta else regressor_input(rad.pixels, mask, self.cfg)[None]

@@ -124,3 +124,13 @@ def mask_quality(mask: np.ndarray) -> MaskQuality:
     if straight > MAX_STRAIGHT:
         reasons.append(f"outline has a long straight edge ({straight:.0%} of the image side): leaked along the collimation edge")
     return MaskQuality(not reasons, metrics, reasons)
+
+
+def hand_present(q: MaskQuality) -> bool:
+    """Weaker than `ok`: a hand-sized region with fingers was found, even if the outline leaked.
+
+    Enough for a model that does not crop to the mask (it sees the whole image): there the mask only
+    has to prove the image shows a hand; a leaky outline does not change the estimate.
+    """
+    m = q.metrics
+    return MIN_AREA <= m.get("area_frac", 0.0) <= MAX_AREA and m.get("finger_gaps", 0) >= MIN_FINGER_GAPS - 1
