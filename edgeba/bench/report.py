@@ -58,7 +58,7 @@ def markdown(r: dict) -> str:
               "(runs bf16): OpenVINO's CPU plugin runs an FP32 model in bfloat16 on CPUs with AMX / AVX512-BF16, as `edgeba predict` does."]
     for t in ts:
         lines += ["", f"## Stages at {t} thread(s): median ms", "",
-                  "| format | decode | segment (U-Net alone) | mask QC etc. | crop+enhance | regress (regressor alone) | total (p90) | not in a model |",
+                  "| format | decode | segment (U-Net alone) | mask QC etc. | crop+enhance | regress (one regressor call alone) | total (p90) | not in a model |",
                   "|---|---|---|---|---|---|---|---|"]
         for f, x in fm.items():
             s = {k: v["median"] for k, v in x["latency"].get(t, {}).items() if isinstance(v, dict) and "median" in v}
@@ -67,17 +67,20 @@ def markdown(r: dict) -> str:
                              f"{s['crop_enhance']:.1f} | {s['regress']:.1f} ({s['regress_model']:.1f}) | "
                              f"{s['total']:.1f} ({x['latency'][t]['total']['p90']:.1f}) | {s['total'] - s['models']:.1f} |")
     lines += ["", "Stages as `edgeba predict` times them (Predictor.timings_ms); \"alone\": the runtime call by itself on the same "
-              "inputs, timed apart; \"not in a model\": total minus both models alone (numpy/OpenCV work INT8 cannot speed up)."]
+              f"inputs, timed apart; \"not in a model\": total minus all model calls alone (the U-Net once, the regressor "
+              f"{d['pipeline_gmac']['tta_views']} time(s)): numpy/OpenCV work that INT8 cannot speed up."]
     lines += ["", "## INT8 speed-up over FP32, same backend, same run (FP32 ms / INT8 ms)", "", "| backend | " +
               " | ".join(f"e2e {t}T | models {t}T" for t in ts) + " |", "|---|" + "---|---|" * len(ts)]
     for b, v in d["int8_speedup"].items():
         lines.append(f"| {b} | " + " | ".join(f"{v[t]['e2e']:.2f} | {v[t]['models']:.2f}" if t in v else "- | -" for t in ts) + " |")
     g = r["gmac"]
     lines += ["", "## Compute floor", "",
-              "GMAC per image: " + ", ".join(f"{k} {v['gmac']:.3f} ({v['source']})" for k, v in g.items()) + ".",
+              "GMAC per model call: " + ", ".join(f"{k} {v['gmac']:.3f} ({v['source']})" for k, v in g.items())
+              + f"; per image {_f(d['pipeline_gmac']['gmac'], '{:.3f}')} (the regressor runs {d['pipeline_gmac']['tta_views']} time(s): "
+              "test-time augmentation views).",
               f"Peak: best of {r['settings']['matmul']['repeats']} float32 numpy matmuls n={r['settings']['matmul']['n']} ("
               + ", ".join(f"{t}T {p['gmac_per_s']:.1f} GMAC/s" for t, p in r["peak"].items()) + "). "
-              "Floor = GMAC / peak; x floor = measured median / floor (models: both model invocations only; e2e: whole pipeline). "
+              "Floor = GMAC / peak; x floor = measured median / floor (models: all model calls of one image, alone; e2e: whole pipeline). "
               "INT8 kernels can beat a float32 floor, so it bounds FP32 paths only.", "",
               "| format | " + " | ".join(f"x floor models {t}T | x floor e2e {t}T" for t in ts) + " |", "|---|" + "---|---|" * len(ts)]
     for f in fm:
