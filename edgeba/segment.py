@@ -118,5 +118,6 @@ def mask_from_prob(prob: np.ndarray, letterbox: Letterbox, shape: tuple[int, int
     # inside the thresholded mask restores the true outline.
     r = max(1, round(THIN_PX / 2 / lb.scale))
     kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))
-    core = largest_component(cv2.morphologyEx(raw, cv2.MORPH_OPEN, kernel))
+    # Outside the image counts as background, else a strip along the film edge survives the opening.
+    core = largest_component(cv2.morphologyEx(raw, cv2.MORPH_OPEN, kernel, borderType=cv2.BORDER_CONSTANT, borderValue=0))
     return fill_holes(largest_component(cv2.dilate(core, kernel) & raw))
