@@ -102,13 +102,13 @@ def test_mask_from_prob_cleans_up():
 
 
 def test_mask_from_prob_drops_strip_along_film_edge():
-    """A one-model-pixel band along the bottom edge (bright film border) is below the U-Net's
+    """A two-model-pixel band along the bottom edge (bright film border) is below the U-Net's
     resolution and must not widen the mask; the forearm that leaves through that edge stays."""
     lb = Letterbox(scale=0.125, top=0, left=0, height=128, width=128)
     prob = np.zeros((128, 128), np.float32)
     prob[30:100, 40:90] = 0.9  # hand
     prob[100:128, 55:75] = 0.9  # forearm to the bottom edge
-    prob[127, :] = 0.9  # strip along the bottom edge
+    prob[126:, :] = 0.9  # strip along the bottom edge, 2 model px
     m = mask_from_prob(prob, lb, (1024, 1024))
     assert m[1020, 10] == 0 and m[1020, 1010] == 0
     assert m[1020, 520] == 1
