@@ -1,0 +1,55 @@
+"""Select the shipped regressor on the tune split, end to end with the U-Net masks (float Keras).
+
+    python train/select_regressor.py --masks cache/masks_unet --split tune
+
+Each candidate gets the runtime's own inputs (edgeba.preprocess.regressor_input); models that crop to
+the hand are also scored on the images whose mask passes QC alone, since the runtime refuses the rest.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from edgeba import dataset, metrics
+from edgeba.io import load_image
+from edgeba.preprocess import PreprocessConfig, regressor_input
+from edgeba.quality import mask_quality
+from edgeba.training.crops import read_mask
+
+CANDIDATES = ("relu_sex_enh_seg", "relu_sex_enh_seg_s1", "thesis_sex_enh_seg", "relu_sex_enh_noseg")
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--masks", type=Path, default=Path("cache/masks_unet"))
+    p.add_argument("--split", default="tune")
+    p.add_argument("--runs", type=Path, default=Path("train/runs/regressor"))
+    a = p.parse_args(argv)
+    cases = dataset.split_cases(a.split)
+    inputs = {True: [], False: []}
+    ok = []
+    for c in cases:
+        pixels = load_image(c.image_path).pixels
+        mask = read_mask(a.masks, c.id)
+        ok.append(mask_quality(mask).ok)
+        for seg in (True, False):
+            inputs[seg].append(regressor_input(pixels, mask if seg else None, PreprocessConfig(segment=seg)))
+    ok = np.array(ok)
+    age = np.array([c.boneage_months for c in cases])
+    sex = np.array([[c.male] for c in cases], np.float32)
+    print(f"{a.split}: {len(cases)} images, {ok.sum()} with a QC-passing mask")
+    for run in CANDIDATES:
+        conf = json.loads((a.runs / run / "config.json").read_text())
+        model = keras.models.load_model(a.runs / run / "regressor.keras")
+        x = np.stack(inputs[conf["preprocess"]["segment"]])[..., None]
+        pred = model.predict({"image": x, "sex": sex}, verbose=0)[:, 0] * conf["target"]["std"] + conf["target"]["mean"]
+        print(f"{run:24s} MAE all {metrics.mae(age, pred):.2f}   QC-ok {metrics.mae(age[ok], pred[ok]):.2f}")
+
+
+if __name__ == "__main__":
+    main()
