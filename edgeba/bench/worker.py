@@ -97,13 +97,12 @@ def work_latency(spec: dict) -> dict:
              for i in range(spec["warmup"] + spec["runs"])][spec["warmup"] :]
     laps = [stage_ms(p.timings_ms) for p in preds]
     feeds = [model_inputs(predictor, p) for p in preds[: len(cases)]]
-    models = []
-    for i in range(spec["warmup"] + spec["runs"]):
-        unet, reg = feeds[i % len(feeds)]
-        seg = _ms(lambda: predictor.unet.run(unet)) if unet else 0.0
-        models.append({"segment_model": seg, "regress_model": _ms(lambda: predictor.regressor.run(reg))})
     views = preds[0].tta_views  # test-time augmentation: the regressor runs once per view
-    models = [m | {"models": m["segment_model"] + views * m["regress_model"]} for m in models[spec["warmup"] :]]
+    n, keep = spec["warmup"] + spec["runs"], slice(spec["warmup"], None)
+    # Each model in its own loop, as inside a prediction (the TTA regressor calls come back to back).
+    seg = [_ms(lambda: predictor.unet.run(feeds[i % len(feeds)][0])) if predictor.unet else 0.0 for i in range(n)][keep]
+    reg = [_ms(lambda: predictor.regressor.run(feeds[i % len(feeds)][1])) for i in range(n)][keep]
+    models = [{"segment_model": s, "regress_model": r, "models": s + views * r} for s, r in zip(seg, reg)]
     out = {"import_ms": import_ms, "load_first_ms": first.load_ms, "load_ms": predictor.load_ms, "formats": predictor.formats,
            "tta_views": views}
     out |= {k: stats([d[k] for d in laps]) for k in STAGE_KEYS} | {k: stats([d[k] for d in models]) for k in MODEL_KEYS}
