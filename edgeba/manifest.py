@@ -65,8 +65,9 @@ class Manifest:
 
     @property
     def segments(self) -> bool:
-        """Whether the model has a U-Net stage (it crops to the hand, or at least gates the input)."""
-        return bool(self.formats("segment"))
+        """Whether the model runs a U-Net stage (it crops to the hand, or at least gates the input).
+        A model that crops needs one: opening its missing stage is then a clear ModelError."""
+        return bool(self.formats("segment")) or bool(self.preprocess.get("segment", True))
 
     def formats(self, stage: str) -> list[str]:
         return [f for f in FORMATS if f in (self.data.get("stages", {}).get(stage) or {})]

@@ -127,6 +127,8 @@ class Predictor:
                     raise SegmentationError(f"{name}: no plausible hand found ({why})")
                 else:
                     warnings.append(f"segmentation failed quality checks ({why}); result forced, do not trust it")
+        else:
+            warnings.append("this model has no segmentation stage: nothing checked that the image shows a hand")
 
         t0 = time.perf_counter()
         views = regressor_inputs_tta(rad.pixels, mask, self.cfg) if self.tta else regressor_input(rad.pixels, mask, self.cfg)[None]

@@ -98,7 +98,7 @@ def test_auto_skips_backends_the_model_lacks(fixture_model, monkeypatch):
         stage.pop("openvino-fp32")
     monkeypatch.setattr(backends.platform, "machine", lambda: "x86_64")
     assert backends.choose(m, "auto") == "tflite"
-    with pytest.raises(ModelError, match="no openvino files"):
+    with pytest.raises(ModelError, match="no openvino file for stage 'segment'"):
         backends.choose(m, "openvino")
 
 

@@ -38,3 +38,29 @@ def test_tta_averages_the_views_when_the_manifest_asks(fixture_model, good_image
 def test_invalid_sex_value(fixture_model, good_image):
     with pytest.raises(InputError, match="male' or 'female"):
         Predictor(fixture_model, "tflite", 1).predict(good_image, "m")
+
+
+def _edit_manifest(src, dst, edit):
+    model = shutil.copytree(src, dst)
+    data = json.loads((model / "manifest.json").read_text())
+    edit(data)
+    (model / "manifest.json").write_text(json.dumps(data))
+    return model
+
+
+def test_whole_image_model_without_unet_warns(fixture_model, good_image, tmp_path):
+    def no_unet(d):
+        d["preprocess"]["segment"] = False
+        del d["stages"]["segment"]
+
+    pred = Predictor(_edit_manifest(fixture_model, tmp_path / "m", no_unet), "tflite", 1).predict(good_image, "male")
+    assert pred.mask is None and pred.mask_quality is None and "segment" not in pred.timings_ms
+    assert any("nothing checked that the image shows a hand" in w for w in pred.warnings)
+
+
+def test_cropping_model_without_unet_is_a_model_error(fixture_model, tmp_path):
+    from edgeba.errors import ModelError
+
+    model = _edit_manifest(fixture_model, tmp_path / "m", lambda d: d["stages"].pop("segment"))
+    with pytest.raises(ModelError, match="segment"):
+        Predictor(model, "tflite", 1)

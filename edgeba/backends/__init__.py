@@ -31,9 +31,10 @@ def installed() -> list[str]:
     return [b for b in BACKENDS if importlib.util.find_spec(PACKAGE[b]) is not None]
 
 
-def _has_model(manifest: Manifest, backend: str) -> bool:
-    stages = ["regress"] + (["segment"] if manifest.segments else [])
-    return all(any(f in manifest.formats(s) for f in FORMATS[backend]) for s in stages)
+def _missing_stage(manifest: Manifest, backend: str) -> str | None:
+    """The first stage the model needs but has no file for in this backend's formats."""
+    stages = (["segment"] if manifest.segments else []) + ["regress"]
+    return next((s for s in stages if not any(f in manifest.formats(s) for f in FORMATS[backend])), None)
 
 
 def choose(manifest: Manifest, requested: str = "auto") -> str:
@@ -47,14 +48,14 @@ def choose(manifest: Manifest, requested: str = "auto") -> str:
             raise ModelError(f"unknown backend {requested!r}; choose auto, {', '.join(BACKENDS)}")
         if requested not in installed():
             raise ModelError(f"backend {requested} is not installed: it comes with {EXTRA[requested]}")
-        if not _has_model(manifest, requested):
-            raise ModelError(f"model {manifest.name} has no {requested} files ({' or '.join(FORMATS[requested])})")
+        if (stage := _missing_stage(manifest, requested)) is not None:
+            raise ModelError(f"model {manifest.name} has no {requested} file for stage {stage!r} ({' or '.join(FORMATS[requested])})")
         return requested
     x86 = platform.machine().lower() in ("x86_64", "amd64", "i686", "x86")
     order = ("openvino", "tflite", "onnx", "keras") if x86 else ("tflite", "onnx", "openvino", "keras")
     have = installed()
     for b in order:
-        if b in have and _has_model(manifest, b):
+        if b in have and _missing_stage(manifest, b) is None:
             return b
     raise ModelError(f"no installed backend can run model {manifest.name} (installed: {', '.join(have) or 'none'})")
 
