@@ -19,7 +19,7 @@ from edgeba.errors import InputError, SegmentationError
 from edgeba.io import Radiograph, load_image
 from edgeba.manifest import load_manifest
 from edgeba.preprocess import PreprocessConfig, regressor_input, regressor_inputs_tta
-from edgeba.quality import mask_quality
+from edgeba.quality import hand_present, mask_quality
 from edgeba.segment import mask_from_prob, unet_input
 
 SEXES = ("male", "female")

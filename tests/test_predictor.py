@@ -64,3 +64,19 @@ def test_cropping_model_without_unet_is_a_model_error(fixture_model, tmp_path):
     model = _edit_manifest(fixture_model, tmp_path / "m", lambda d: d["stages"].pop("segment"))
     with pytest.raises(ModelError, match="segment"):
         Predictor(model, "tflite", 1)
+
+
+def test_whole_image_model_accepts_a_leaky_mask_with_a_warning(fixture_model, tmp_path, monkeypatch):
+    """A regressor that sees the whole image only needs the U-Net to prove there is a hand."""
+    from edgeba import predictor
+    from edgeba.quality import MaskQuality
+
+    leaky = MaskQuality(False, {"area_frac": 0.4, "finger_gaps": 4}, ["outline has a long straight edge"])
+    monkeypatch.setattr(predictor, "mask_quality", lambda mask: leaky)
+    model = _edit_manifest(fixture_model, tmp_path / "m", lambda d: d["preprocess"].update(segment=False))
+    from runtime_fixtures import GOOD_IDS
+
+    from edgeba.dataset import rsna_root
+
+    pred = Predictor(model, "tflite", 1).predict(rsna_root() / "train" / f"{GOOD_IDS[0]}.jpg", "male")
+    assert pred.mask_quality["ok"] is False and any("does not crop to it" in w for w in pred.warnings)
