@@ -36,7 +36,7 @@ class RegressorConfig:
     dropout: float = 0.3
     patience: int = 30  # early stopping on tune MAE
     augment: bool = True
-    tta: bool = True  # average predictions over a few fixed small shifts/scales at evaluation
+    report_tta: bool = True  # also report metrics averaged over preprocess.TTA_VIEWS (evaluation only)
     qc_only: bool = True  # train/tune only on images whose mask passed QC
     seed: int = 0
     time_budget_s: float = 0.0  # stop training after this many seconds (0 = no limit)
@@ -114,7 +114,7 @@ class TimeBudget(keras.callbacks.Callback):
 def _report(model, cache, cfg, target, split, run_dir: Path) -> dict:
     sel = cache["split"] == split
     out = {}
-    for tta in ((False, True) if cfg.tta else (False,)):
+    for tta in ((False, True) if cfg.report_tta else (False,)):
         pred = predict_months(model, cache["crops"][sel], cache["male"][sel], cfg, target, tta)
         true = cache["age"][sel]
         m = metrics.all_metrics(true, pred)
