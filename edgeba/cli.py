@@ -63,6 +63,11 @@ def _guarded(fn):
             raise
         except EdgebaError as exc:
             _fail(str(exc).replace("\n", " "))
+        except FileNotFoundError as exc:  # e.g. the RSNA data for bench/train: the environment, not a bug
+            _fail(str(exc).splitlines()[0] if str(exc) else "file not found")
+        except BrokenPipeError:  # `edgeba info | head`: the reader left; say nothing more
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            raise typer.Exit(0)
         except KeyboardInterrupt:
             _fail("interrupted", 130)
         except MemoryError:

@@ -247,3 +247,26 @@ def test_train_lists_its_stages():
 def test_export_checks_its_inputs(tmp_path):
     line = one_line_error(run_cli("export", tmp_path / "unet.keras", tmp_path / "reg.keras", tmp_path / "out"))
     assert "unet.keras: not found" in line
+
+
+def test_missing_file_from_a_lifecycle_module_is_not_an_internal_error(fixture_model, good_image, monkeypatch):
+    from edgeba import predictor
+
+    def missing(*a, **k):
+        raise FileNotFoundError("RSNA data not found: set EDGEBA_DATA")
+
+    monkeypatch.setattr(predictor.Predictor, "predict", missing)
+    res = CliRunner().invoke(cli.app, ["predict", str(good_image), "--sex", "male", "--model", str(fixture_model)])
+    assert res.exit_code == 1 and res.stderr.strip() == "edgeba: error: RSNA data not found: set EDGEBA_DATA"
+
+
+def test_closed_pipe_is_quiet(fixture_model):
+    """`edgeba info | head`: the reader is gone before edgeba writes; no error, no traceback."""
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-m", "edgeba.cli", "info", "--model", str(fixture_model)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc.stdout.close()  # the reader leaves at once
+    err = proc.stderr.read()
+    assert proc.wait(timeout=60) == 0 and err == ""
