@@ -350,12 +350,15 @@ def _verify(model, stage: Stage, out: Path, entries: dict, feeds: list[dict]) ->
         got = np.stack([run(f) for f in feeds])
         if got.shape != ref.shape or not np.isfinite(got).all():
             raise RuntimeError(f"{stage.key} {fmt}: output shape {got.shape} (want {ref.shape}) or non-finite values")
-        err = float(np.abs(got - ref).max())
-        # FP32 must compute the Keras model; INT8 only must not be broken (an all-zero U-Net, a
-        # saturated regressor): its accuracy is parity()'s job.
-        tol = 1e-3 if fmt.endswith("fp32") or fmt == "keras" else 0.25
+        # FP32 must compute the Keras model (max |diff|); INT8 only must not be broken (an all-zero
+        # U-Net, a saturated regressor: mean |diff|), its accuracy is parity()'s job. Single mask-edge
+        # pixels do move by more than half a probability in a good INT8 U-Net.
+        exact = fmt.endswith("fp32") or fmt == "keras"
+        err = float(np.abs(got - ref).max() if exact else np.abs(got - ref).mean())
+        tol = 1e-3 if exact else 0.1
         if err > tol * scale:
-            raise RuntimeError(f"{stage.key} {fmt}: max |diff| vs Keras {err:.3g} > {tol:g} of the output scale {scale:.3g}")
+            what = "max" if exact else "mean"
+            raise RuntimeError(f"{stage.key} {fmt}: {what} |diff| vs Keras {err:.3g} > {tol:g} of the output scale {scale:.3g}")
 
 
 # ---------------------------------------------------------------------------------- calibration
@@ -403,11 +406,13 @@ def calibration_feeds(unet, cfg, sex_input: bool, n: int = N_CALIB) -> tuple[lis
     desc = {
         "split": "train",
         "n_images": len(used),  # regressor calibration images
-        "selection": f"split_cases('train') in numpy default_rng({CALIB_SEED}).permutation order until {n} passed the mask QC",
+        "selection": f"split_cases('train') in numpy default_rng({CALIB_SEED}).permutation order, the first {n}"
+        + (" whose float U-Net mask passes the QC" if cfg.segment else ""),
         "n_segment_images": len(seg),
         "n_skipped_mask_qc": skipped,
         "ids_sha256": hashlib.sha256(",".join(c.id for c in used).encode()).hexdigest(),
-        "inputs": "segment.unet_input; preprocess.regressor_input with the float U-Net's mask (segment.mask_from_prob)",
+        "inputs": "segment.unet_input; preprocess.regressor_input "
+        + ("with the float U-Net's mask (segment.mask_from_prob)" if cfg.segment else "of the whole image (preprocess.segment is false: no crop)"),
         "n_male": int(sum(c.male for c in used)),
         "age_months_range": [float(min(c.boneage_months for c in used)), float(max(c.boneage_months for c in used))],
     }
@@ -438,8 +443,13 @@ def load_manifest(model_dir: Path) -> dict:
 
 def main(unet: str | os.PathLike, regressor: str | os.PathLike, out: str | os.PathLike, *, config=None,
          formats: Iterable[str] = FORMATS, n_calib: int = N_CALIB, name: str = "edgeba-default",
-         quant: dict[str, QuantOptions] | None = None) -> dict:
-    """Export both stages to `out` and write its manifest.json; returns the manifest."""
+         quant: dict[str, QuantOptions] | None = None, tta: bool = False) -> dict:
+    """Export both stages to `out` and write its manifest.json; returns the manifest.
+
+    `tta` makes the runtime average preprocess.TTA_VIEWS (5 regressor runs per image). It is a
+    deployment decision taken on the tune split, not read from the training run: the shipped model
+    runs one view (TTA was worse on tune for it, and costs 5x the regressor's compute).
+    """
     import keras
 
     if unknown := set(formats) - set(FORMATS):
@@ -470,7 +480,7 @@ def main(unet: str | os.PathLike, regressor: str | os.PathLike, out: str | os.Pa
         "preprocess": cfg.to_dict(),
         "target": {"mean": float(run["target"]["mean"]), "std": float(run["target"]["std"])},
         "sex_input": sex_input,
-        "tta": bool(run.get("tta", False)),  # the runtime averages preprocess.TTA_VIEWS, as validated
+        "tta": bool(tta),  # the runtime averages preprocess.TTA_VIEWS
         "io": {
             "segment": {"inputs": {"image": [1, unet_size, unet_size, 1]}, "output": SEGMENT.output},
             "regress": {"inputs": reg_specs, "output": REGRESS.output},
@@ -479,7 +489,8 @@ def main(unet: str | os.PathLike, regressor: str | os.PathLike, out: str | os.Pa
         "stages": stages,
         "calibration": calib_desc,
         "quantization": {k: v.as_dict() for k, v in quant.items()},
-        "source": {"unet": unet.name, "unet_sha256": sha256(unet), "regressor": regressor.name, "regressor_sha256": sha256(regressor)},
+        "source": {"unet": str(unet), "unet_sha256": sha256(unet), "regressor": str(regressor), "regressor_sha256": sha256(regressor),
+                   "run_config": run},
         "metrics": {},
     }
     write_manifest(out, manifest)
