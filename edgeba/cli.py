@@ -166,7 +166,7 @@ def predict(
         from edgeba import overlay as qc
 
         label = f"{pred.bone_age_months:.0f} months" + ("" if not pred.warnings else " (see warnings)")
-        qc.write(overlay, qc.draw(pred.radiograph.pixels, pred.mask, predictor.cfg.margin, label))
+        qc.write(overlay, qc.draw(pred.radiograph.pixels, pred.mask, predictor.cfg.margin, label, predictor.cfg.segment))
     if as_json:
         j = pred.to_json()
         j["formats"] = predictor.formats

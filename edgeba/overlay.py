@@ -12,8 +12,9 @@ from edgeba.errors import EdgebaError
 MAX_SIDE = 1024  # enough to judge a mask; keeps the PNG small
 
 
-def draw(pixels: np.ndarray, mask: np.ndarray | None, margin: float, label: str) -> np.ndarray:
-    """BGR uint8 image: mask outline green, crop box (rotated back to the image) orange, label on top."""
+def draw(pixels: np.ndarray, mask: np.ndarray | None, margin: float, label: str, crops: bool = True) -> np.ndarray:
+    """BGR uint8 image: mask outline green, crop box (rotated back to the image) orange when the model
+    `crops` to the hand (a whole-image model sees the full frame: no box), label on top."""
     from edgeba.crop import canonical_crop
 
     h, w = pixels.shape
@@ -26,6 +27,7 @@ def draw(pixels: np.ndarray, mask: np.ndarray | None, margin: float, label: str)
         small = cv2.resize(mask.astype(np.uint8), size, interpolation=cv2.INTER_NEAREST)
         contours, _ = cv2.findContours(small, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
         cv2.drawContours(out, contours, -1, (0, 200, 0), thick)
+    if crops and mask is not None and mask.any():
         # The box the regressor saw lives in the rotated work frame: map its corners back.
         _, info = canonical_crop(pixels, mask, 32, margin)
         x, y, bw, bh = info.box

@@ -91,14 +91,16 @@ def test_dicom_sex_and_age_from_header(fixture_model, tmp_path, real_grey):
     assert j["sex"] == "male" and any("overrides the file's PatientSex (female)" in w for w in j["warnings"])
 
 
-def test_overlay_png(fixture_model, good_image, tmp_path):
+def test_overlay_png(model_dir, good_image, tmp_path):
     out = tmp_path / "qc.png"
-    proc = run_cli("predict", good_image, "--sex", "male", "--model", fixture_model, "--overlay", out)
+    proc = run_cli("predict", good_image, "--sex", "male", "--model", model_dir, "--overlay", out)
     assert proc.returncode == 0, proc.stderr
     img = cv2.imread(str(out))
     green = (img[..., 1] > 150) & (img[..., 0] < 60) & (img[..., 2] < 60)
     orange = (img[..., 2] > 200) & (img[..., 1] > 100) & (img[..., 1] < 180) & (img[..., 0] < 60)
-    assert green.sum() > 500 and orange.sum() > 100  # the mask outline and the crop box
+    assert green.sum() > 500  # the mask outline
+    crops = json.loads((model_dir / "manifest.json").read_text())["preprocess"]["segment"]
+    assert (orange.sum() > 100) == crops  # the crop box, only for a model that crops to the hand
 
 
 @pytest.mark.parametrize("name", ["qc.jpg", "missing/qc.png"])
