@@ -172,7 +172,7 @@ def test_fp32_export_verification_catches_a_wrong_file(exported, tmp_path):
     entries = export.export_stage(tmp_path / "other.keras", export.REGRESS, tmp_path, None, formats=("tflite-fp32",))
     # swap in the first model's file: same tensors, different weights
     (tmp_path / entries["tflite-fp32"]["file"]).write_bytes((model_dir / "regressor_fp32.tflite").read_bytes())
-    with pytest.raises(RuntimeError, match="max \\|diff\\|"):
+    with pytest.raises(RuntimeError, match="max \\|diff\\| vs Keras"):
         export._verify(other, export.REGRESS, tmp_path, entries, feeds["regress"][:2])
 
 
