@@ -1,7 +1,7 @@
 """Export: one place that turns the float Keras models into every format edge users run.
 
-    keras -> tflite-fp32, tflite-int8     (TFLiteConverter from one batch-1 tf.function)
-          -> onnx-fp32 -> onnx-int8       (tf2onnx from the same tf.function; onnxruntime static QDQ)
+    keras -> tflite-fp32, tflite-int8     (TFLiteConverter from one batch-1 Keras wrapper, serving_model)
+          -> onnx-fp32 -> onnx-int8       (tf2onnx from the same wrapper; onnxruntime static QDQ)
                        -> openvino-fp32 -> openvino-int8   (ov.convert_model of the ONNX; NNCF)
 
 Every format of a stage has the same tensors (docs/CONTRACTS.md): inputs `image` (and `sex` for the
@@ -23,7 +23,7 @@ import json
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -45,7 +45,6 @@ class Stage:
 
 SEGMENT = Stage("segment", "unet", "prob")
 REGRESS = Stage("regress", "regressor", "age_z")
-STAGES = {s.key: s for s in (SEGMENT, REGRESS)}
 
 
 @dataclass
@@ -61,16 +60,16 @@ class QuantOptions:
     onnx_calibrate: str = "MinMax"  # onnxruntime CalibrationMethod name
     # U8U8 (uint8 activations and weights): x86 CPUs without VNNI saturate the int16 sums of U8S8/S8S8
     # unless reduce_range drops weights to 7 bits; onnxruntime's U8U8 kernels do not saturate and keep
-    # all 8 bits (regressor p95 |INT8 - float| 2.25 -> 0.71 months vs S8S8 reduce_range in a probe).
+    # all 8 bits (regressor p95 |INT8 - float| 1.91 -> 0.68 months vs S8S8 reduce_range, PARITY.md).
     onnx_types: str = "U8U8"  # or "S8S8"
     onnx_reduce_range: bool = False
     nncf_preset: str = "MIXED"  # asymmetric activations: ELU/BatchNorm outputs are not >= 0
     nncf_overflow_fix: str = "ENABLE"  # same saturation trap as reduce_range, for OpenVINO
-    # NNCF's fast bias correction shifted the regressor's months by +0.5 (bias 0.00 without it).
+    # NNCF's fast bias correction added +0.5 months of bias to one regressor (none without it).
     nncf_bias_correction: bool = False
     # NNCF's default (MEAN_MINMAX: per-image min/max averaged) clips the larger activations of a
-    # regressor and biased months by -4 in a probe; MINMAX (global extremes) is what TFLite and
-    # onnxruntime's MinMax calibration do.
+    # regressor: -5 months bias, p95 30 months (PARITY.md). MINMAX (global extremes) is what TFLite
+    # and onnxruntime's MinMax calibration do.
     nncf_activation_range: str = "MINMAX"
     tflite_output_float: bool = True  # keep the last layer (and so the output) float in TFLite
 

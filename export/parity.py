@@ -22,10 +22,12 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--limit", type=int)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--formats", help="comma list (default: every format in the manifest); keras is always the reference")
     p.add_argument("--manifest", action="store_true")
     a = p.parse_args(argv)
     t0 = time.time()
-    report = export.parity(a.model, a.split, a.limit, a.threads, progress=True)
+    formats = a.formats.split(",") if a.formats else None
+    report = export.parity(a.model, a.split, a.limit, a.threads, formats=formats, progress=True)
     report["seconds"] = round(time.time() - t0, 1)
     report["command"] = "python export/parity.py " + " ".join(argv if argv is not None else __import__("sys").argv[1:])
     a.out.write_text(json.dumps(report, indent=1) + "\n")
