@@ -20,7 +20,7 @@ import keras  # noqa: E402
 
 from edgeba import export  # noqa: E402
 from edgeba.backends import common  # noqa: E402
-from edgeba.manifest import ModelFiles, load_manifest  # noqa: E402
+from edgeba.manifest import load_manifest  # noqa: E402
 from edgeba.training.nets import build_regressor  # noqa: E402
 from edgeba.training.unet import build_unet  # noqa: E402
 
