@@ -178,10 +178,10 @@ def work_peak(spec: dict) -> dict:
 
 def work_derive(spec: dict) -> dict:
     """FP32 files the model dir lacks, written from its Keras models by the exporter (needs [train])."""
-    from edgeba.export import STAGES as EXPORT_STAGES
-    from edgeba.export import export_stage
+    from edgeba.export import REGRESS, SEGMENT, export_stage
 
-    return {j["stage"]: export_stage(Path(j["keras"]), EXPORT_STAGES[j["stage"]], Path(spec["out"]), None, tuple(j["formats"]))
+    stages = {s.key: s for s in (SEGMENT, REGRESS)}
+    return {j["stage"]: export_stage(Path(j["keras"]), stages[j["stage"]], Path(spec["out"]), None, tuple(j["formats"]))
             for j in spec["jobs"]}
 
 
