@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import pytest
 
-pytest.importorskip("keras")  # the float reference needs the [train] extra
-pytest.importorskip("onnxruntime")
-pytest.importorskip("openvino")
+import keras  # noqa: F401  (the test environment installs every extra; missing is a failure)
+import onnxruntime  # noqa: F401  (the test environment installs every extra; missing is a failure)
+import openvino  # noqa: F401  (the test environment installs every extra; missing is a failure)
 
 from edgeba import export  # noqa: E402
 from edgeba.manifest import DEFAULT_DIR, load_manifest  # noqa: E402

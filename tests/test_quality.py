@@ -8,15 +8,8 @@ import pytest
 
 from edgeba.quality import mask_quality
 
-def rsna_image(case_id: str) -> np.ndarray:
-    from edgeba import dataset
-    from edgeba.io import load_image
+from rsna import rsna_image  # noqa: E402
 
-    try:
-        path = dataset.rsna_root() / "train" / f"{case_id}.jpg"
-    except FileNotFoundError:
-        pytest.skip("RSNA data not available")
-    return load_image(path).pixels
 
 
 
