@@ -72,8 +72,9 @@ def test_quick_result_schema_and_values(quick_run):
                     continue
                 s = lat[key]
                 assert positive(s["median"]) and s["p90"] >= s["median"] and s["n"] == r["settings"]["runs"], (fmt, key, s)
-            # One model call alone is part of its stage (which adds pre/post-processing, or more TTA calls).
-            assert lat["regress_model"]["median"] < lat["regress"]["median"]
+            # The U-Net alone is part of its stage, which adds full-resolution mask post-processing (~10x
+            # the model here). No such order for the regressor: with one view its stage is the model call
+            # itself, and two medians of the same work order at random on a busy machine.
             assert lat["segment_model"]["median"] < lat["segment"]["median"] or not manifest.segments
         cs = x["cold_start"]
         assert positive(cs["wall_s"]["median"]) and cs["wall_s"]["median"] > lat["total"]["median"] / 1e3
