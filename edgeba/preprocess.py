@@ -74,7 +74,12 @@ def affine(crop: np.ndarray, angle: float = 0.0, scale: float = 1.0, dx: float =
     return cv2.warpAffine(crop, m, (s, s), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
 
 
+def tta_view(crop: np.ndarray, angle: float, scale: float) -> np.ndarray:
+    """One TTA view of a crop; the plain view is the crop itself (no resampling)."""
+    return crop if (angle, scale) == TTA_VIEWS[0] else affine(crop, angle, scale)
+
+
 def regressor_inputs_tta(pixels: np.ndarray, mask: np.ndarray | None, cfg: PreprocessConfig) -> np.ndarray:
     """float32 (len(TTA_VIEWS), S, S): the regressor input under each TTA view (first = plain)."""
     crop = crop_stage(pixels, mask, cfg)
-    return np.stack([enhance_stage(affine(crop, a, sc) if (a, sc) != (0.0, 1.0) else crop, cfg) for a, sc in TTA_VIEWS]).astype(np.float32)
+    return np.stack([enhance_stage(tta_view(crop, *v), cfg) for v in TTA_VIEWS]).astype(np.float32)

@@ -20,7 +20,7 @@ import keras
 import numpy as np
 
 from edgeba import dataset, metrics
-from edgeba.preprocess import TTA_VIEWS, PreprocessConfig, affine, enhance_stage
+from edgeba.preprocess import TTA_VIEWS, PreprocessConfig, affine, enhance_stage, tta_view
 from edgeba.training.crops import load_crop_cache
 from edgeba.training.nets import build_regressor, count_macs
 
@@ -88,7 +88,7 @@ class CropBatches(keras.utils.PyDataset):
 
 
 def model_inputs(crops: np.ndarray, male: np.ndarray, cfg: RegressorConfig, view=TTA_VIEWS[0]) -> dict:
-    xs = [enhance_stage(affine(c.astype(np.float32) / 255.0, *view) if view != TTA_VIEWS[0] else c.astype(np.float32) / 255.0, cfg.preprocess) for c in crops]
+    xs = [enhance_stage(tta_view(c.astype(np.float32) / 255.0, *view), cfg.preprocess) for c in crops]
     inputs = {"image": np.stack(xs)[..., None]}
     if cfg.sex_input:
         inputs["sex"] = male[:, None].astype(np.float32)
