@@ -11,6 +11,7 @@ takes the patient's sex (input "sex", 1 = male, 0 = female).
 from __future__ import annotations
 
 import keras
+import numpy as np
 from keras import layers
 
 WIDTHS = (32, 64, 128, 128, 256, 384)
@@ -59,11 +60,43 @@ def build_regressor(variant: str = "relu", input_size: int = 256, sex_input: boo
     return keras.Model(inputs, out, name=f"regressor_{variant}")
 
 
+def average_regressors(members: list[keras.Model], targets: list[dict] | None = None) -> keras.Model:
+    """One model whose output is the mean of the members' outputs (an ensemble in a single graph).
+
+    `targets` ({"mean", "std"} per member, months = z * std + mean) lets members trained with
+    different target normalisations be averaged in months; the result uses targets[0].
+    The members' last Dense layers are merged into one Dense on their concatenated features
+    (each kernel rescaled and divided by n, stacked), which is exactly the mean and keeps the graph's
+    last op a Dense: export keeps that op float in every INT8 format, as for one regressor.
+    """
+    first = members[0]
+    targets = targets or [{"mean": 0.0, "std": 1.0}] * len(members)
+    ref = targets[0]
+    inputs = [keras.Input(t.shape[1:], name=t.name.split(":")[0]) for t in first.inputs]
+    feats, kernels, bias = [], [], 0.0
+    for i, (m, t) in enumerate(zip(members, targets)):
+        if [tuple(x.shape) for x in m.inputs] != [tuple(x.shape) for x in first.inputs]:
+            raise ValueError("ensemble members must take the same inputs")
+        last = m.layers[-1]
+        body = keras.Model(m.inputs, last.input, name=f"member{i + 1}")
+        feats.append(body(inputs if len(inputs) > 1 else inputs[0]))
+        k, b = last.get_weights()
+        scale = t["std"] / ref["std"] / len(members)
+        kernels.append(k * scale)
+        bias = bias + b * scale + (t["mean"] - ref["mean"]) / ref["std"] / len(members)
+    age = layers.Dense(1, name="age")
+    out = age(layers.Concatenate(name="members")(feats))
+    age.set_weights([np.concatenate(kernels, axis=0), np.asarray(bias, np.float32)])
+    return keras.Model(inputs, out, name=f"ensemble{len(members)}")
+
+
 def count_macs(model: keras.Model) -> int:
     """Multiply-accumulates of one image through the Conv2D / Dense / DepthwiseConv2D layers."""
     total = 0
     for layer in model.layers:
-        if isinstance(layer, (layers.Conv2D, layers.Conv2DTranspose, layers.DepthwiseConv2D)):
+        if isinstance(layer, keras.Model):  # ensemble members
+            total += count_macs(layer)
+        elif isinstance(layer, (layers.Conv2D, layers.Conv2DTranspose, layers.DepthwiseConv2D)):
             out = layer.output.shape  # (1, H, W, C)
             kh, kw = layer.kernel_size
             cin = layer.input.shape[-1]
