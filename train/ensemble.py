@@ -1,9 +1,14 @@
-"""Average finished regressor runs into one model (edgeba.training.nets.average_regressors) and
-evaluate it like a training run: tune and val metrics and prediction files from the crop cache.
+"""Combine finished regressor runs into one model and evaluate it like a training run: tune and val
+metrics and prediction files from the crop cache.
 
+Ensemble (output mean, edgeba.training.nets.average_regressors; costs the members' compute together):
     python train/ensemble.py --cache cache/gpu/crops_noseg256.npz \
         --members train/runs/regressor/relu_sex_enh_noseg_ft train/runs/regressor/relu_sex_enh_seg_s1_ft_noseg \
         --run-dir train/runs/regressor/ens2_noseg
+Weight average of one run's last epochs (one model, no extra compute; the run saves every epoch's weights
+in snapshots/):
+    python train/ensemble.py --cache cache/gpu/crops_noseg256.npz --members train/runs/regressor/relu_sex_enh_noseg_ft \
+        --average-weights 5 --run-dir train/runs/regressor/relu_sex_enh_noseg_ft_wa5
 
 The result is a normal run directory (config.json, metrics.json, regressor.keras, predictions_*.csv),
 so export, the model card and the selection script treat it like any single run.
@@ -24,30 +29,49 @@ from edgeba.training.nets import average_regressors, count_macs
 from edgeba.training.regressor import RegressorConfig, _report
 
 
+def average_weights(model: keras.Model, snapshots: list[Path]) -> list:
+    """Element-wise mean of the weights saved in `snapshots` (BatchNorm statistics included: the
+    snapshots come from one low-LR trajectory, so they sit close together)."""
+    weights = []
+    for s in snapshots:
+        model.load_weights(s)
+        weights.append(model.get_weights())
+    return [sum(ws) / len(ws) for ws in zip(*weights)]
+
+
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--cache", type=Path, required=True)
     p.add_argument("--members", type=Path, nargs="+", required=True, help="run directories")
     p.add_argument("--run-dir", type=Path, required=True)
+    p.add_argument("--average-weights", type=int, metavar="K", help="average the last K epoch snapshots of the one member")
     a = p.parse_args(argv)
+    if a.average_weights and len(a.members) != 1:
+        p.error("--average-weights takes one run")
 
     confs = [json.loads((r / "config.json").read_text()) for r in a.members]
     for c, r in zip(confs[1:], a.members[1:]):
         if c["preprocess"] != confs[0]["preprocess"] or c["sex_input"] != confs[0]["sex_input"]:
             raise SystemExit(f"{r}: preprocessing or sex input differs from {a.members[0]}")
     members = [keras.models.load_model(r / "regressor.keras") for r in a.members]
-    model = average_regressors(members, [c["target"] for c in confs])
+    if a.average_weights:
+        model, snaps = members[0], sorted((a.members[0] / "snapshots").glob("epoch*.weights.h5"))[-a.average_weights :]
+        model.set_weights(average_weights(model, snaps))
+    else:
+        snaps = []
+        model = average_regressors(members, [c["target"] for c in confs])
     a.run_dir.mkdir(parents=True, exist_ok=True)
     model.save(a.run_dir / "regressor.keras")
 
     first = confs[0]
     cfg = RegressorConfig(variant=first["variant"], sex_input=first["sex_input"], preprocess=PreprocessConfig.from_dict(first["preprocess"]))
     target = first["target"]
-    (a.run_dir / "config.json").write_text(json.dumps({**cfg.to_dict(), "target": target, "members": [str(r) for r in a.members], "cache": str(a.cache)}, indent=2))
+    how = {"members": [str(r) for r in a.members], "averaged_snapshots": [str(x) for x in snaps]}
+    (a.run_dir / "config.json").write_text(json.dumps({**cfg.to_dict(), "target": target, **how, "cache": str(a.cache)}, indent=2))
     cache = load_crop_cache(a.cache)
     result = {
         "config": cfg.to_dict(),
-        "members": [str(r) for r in a.members],
+        **how,
         "target": target,
         "params": int(model.count_params()),
         "gmac": round(count_macs(model) / 1e9, 4),

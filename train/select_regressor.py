@@ -1,8 +1,9 @@
 """Select the shipped regressor on the tune split, end to end with the U-Net masks (float Keras).
 
-    python train/select_regressor.py --masks cache/masks_unet --split tune
+    python train/select_regressor.py --masks cache/masks_unet --split tune [--candidates RUN RUN+RUN ...]
 
-Each candidate gets the runtime's own inputs (edgeba.preprocess.regressor_input); models that crop to
+A candidate is a run directory name under --runs, or several joined by "+": their ensemble (the mean
+of the members' months, what train/ensemble.py builds as one graph). Each candidate gets the runtime's own inputs (edgeba.preprocess.regressor_input); models that crop to
 the hand are also scored on the images whose mask passes QC alone, since the runtime refuses the rest.
 """
 
@@ -21,7 +22,7 @@ from edgeba.preprocess import PreprocessConfig, regressor_input
 from edgeba.quality import mask_quality
 from edgeba.training.crops import read_mask
 
-CANDIDATES = ("relu_sex_enh_seg", "relu_sex_enh_seg_s1", "thesis_sex_enh_seg", "relu_sex_enh_noseg")
+CANDIDATES = ("relu_sex_enh_seg", "relu_sex_enh_seg_s1", "thesis_sex_enh_seg", "relu_sex_enh_noseg")  # the first selection
 
 
 def main(argv=None) -> None:
@@ -29,6 +30,7 @@ def main(argv=None) -> None:
     p.add_argument("--masks", type=Path, default=Path("cache/masks_unet"))
     p.add_argument("--split", default="tune")
     p.add_argument("--runs", type=Path, default=Path("train/runs/regressor"))
+    p.add_argument("--candidates", nargs="+", default=list(CANDIDATES))
     a = p.parse_args(argv)
     cases = dataset.split_cases(a.split)
     inputs = {True: [], False: []}
@@ -43,12 +45,19 @@ def main(argv=None) -> None:
     age = np.array([c.boneage_months for c in cases])
     sex = np.array([[c.male] for c in cases], np.float32)
     print(f"{a.split}: {len(cases)} images, {ok.sum()} with a QC-passing mask")
-    for run in CANDIDATES:
-        conf = json.loads((a.runs / run / "config.json").read_text())
-        model = keras.models.load_model(a.runs / run / "regressor.keras")
-        x = np.stack(inputs[conf["preprocess"]["segment"]])[..., None]
-        pred = model.predict({"image": x, "sex": sex}, verbose=0)[:, 0] * conf["target"]["std"] + conf["target"]["mean"]
-        print(f"{run:24s} MAE all {metrics.mae(age, pred):.2f}   QC-ok {metrics.mae(age[ok], pred[ok]):.2f}")
+    preds = {}
+    for cand in a.candidates:
+        months = []
+        for run in cand.split("+"):
+            if run not in preds:
+                conf = json.loads((a.runs / run / "config.json").read_text())
+                model = keras.models.load_model(a.runs / run / "regressor.keras")
+                x = np.stack(inputs[conf["preprocess"]["segment"]])[..., None]
+                feeds = {"image": x, "sex": sex} if conf["sex_input"] else x
+                preds[run] = model.predict(feeds, verbose=0)[:, 0] * conf["target"]["std"] + conf["target"]["mean"]
+            months.append(preds[run])
+        pred = np.mean(months, axis=0)
+        print(f"{cand:48s} MAE all {metrics.mae(age, pred):.2f}   QC-ok {metrics.mae(age[ok], pred[ok]):.2f}")
 
 
 if __name__ == "__main__":

@@ -158,6 +158,8 @@ def train(cache_path: Path, run_dir: Path, cfg: RegressorConfig, workers: int = 
         keras.callbacks.BackupAndRestore(str(run_dir / "backup")),
         keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=True),
         keras.callbacks.ModelCheckpoint(str(run_dir / "best.keras"), monitor="val_mae", save_best_only=True),
+        # Every epoch's weights, for weight averaging along the low-LR tail (train/ensemble.py --average-weights).
+        keras.callbacks.ModelCheckpoint(str(run_dir / "snapshots" / "epoch{epoch:03d}.weights.h5"), save_weights_only=True),
         keras.callbacks.EarlyStopping(monitor="val_mae", patience=cfg.patience),
         TimeBudget(cfg.time_budget_s),
     ]
