@@ -21,6 +21,7 @@ WORK_SIDE = 256  # bootstrap resolution: fingers stay several pixels wide, a cal
 N_LEVELS = 24  # thresholds tried by the bootstrap
 GROW = 0.006  # final dilation radius / longest image side
 THIN_PX = 3.0  # U-Net masks: parts thinner than this many model pixels are removed (chosen on train+tune)
+MASK_WORK_SIDE = 512  # U-Net masks are cleaned at this long side (4x the model's), then upsampled
 
 
 @dataclass(frozen=True)
@@ -112,12 +113,24 @@ def mask_from_prob(prob: np.ndarray, letterbox: Letterbox, shape: tuple[int, int
     p = np.squeeze(np.asarray(prob, np.float32))
     lb = letterbox
     p = p[lb.top : lb.top + lb.height, lb.left : lb.left + lb.width]
-    raw = (cv2.resize(p, (shape[1], shape[0]), interpolation=cv2.INTER_LINEAR) >= threshold).astype(np.uint8)
+    # Clean up at MASK_WORK_SIDE, not at full resolution: the U-Net's mask has no detail finer than a
+    # model pixel, and morphology with full-resolution kernels cost more than the U-Net itself.
+    h, w = shape
+    s = min(1.0, MASK_WORK_SIDE / max(h, w))  # work px per image px
+    wh, ww = max(1, round(h * s)), max(1, round(w * s))
+    raw = (cv2.resize(p, (ww, wh), interpolation=cv2.INTER_LINEAR) >= threshold).astype(np.uint8)
     # Structures thinner than THIN_PX model pixels are below the U-Net's resolution; in practice they
     # are the bright line along a collimation edge. Opening removes them, growing the survivor back
     # inside the thresholded mask restores the true outline.
-    r = max(1, round(THIN_PX / 2 / lb.scale))
+    r = max(1, round(THIN_PX / 2 * s / lb.scale))
     kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))
     # Outside the image counts as background, else a strip along the film edge survives the opening.
     core = largest_component(cv2.morphologyEx(raw, cv2.MORPH_OPEN, kernel, borderType=cv2.BORDER_CONSTANT, borderValue=0))
-    return fill_holes(largest_component(cv2.dilate(core, kernel) & raw))
+    work = fill_holes(largest_component(cv2.dilate(core, kernel) & raw))
+    if (wh, ww) == (h, w):
+        return work
+    # Back at full resolution the outline is the thresholded map's own (as smooth as before the
+    # clean-up moved to the work side): what the work mask kept, cut by the full-resolution threshold.
+    full = (cv2.resize(p, (w, h), interpolation=cv2.INTER_LINEAR) >= threshold).astype(np.uint8)
+    keep = _resize_mask(cv2.dilate(work, np.ones((3, 3), np.uint8)), (h, w))
+    return fill_holes(largest_component(keep & full))
