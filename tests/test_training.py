@@ -77,9 +77,13 @@ def test_run_writes_what_it_promises(run):
 def test_weight_average_and_self_ensemble(run):
     tmp, cache, result = run
     ens = _ensemble_script()
-    wa = ens.main(["--cache", str(cache), "--members", str(tmp / "run"), "--average-weights", "2", "--run-dir", str(tmp / "wa")])
+    wa = ens.main(["--cache", str(cache), "--members", str(tmp / "run"), "--average-weights", "--last", "2", "--run-dir", str(tmp / "wa")])
     assert len(wa["averaged_snapshots"]) == 2 and np.isfinite(wa["val"]["plain"]["mae"])
     # An ensemble of a run with itself is the run: same predictions, twice the compute.
     same = ens.main(["--cache", str(cache), "--members", str(tmp / "run"), str(tmp / "run"), "--run-dir", str(tmp / "self")])
     assert same["val"]["plain"]["mae"] == pytest.approx(result["val"]["plain"]["mae"], abs=1e-3)
     assert same["gmac"] == pytest.approx(2 * result["gmac"], rel=1e-3)
+    # The weight average of a model with itself is the model.
+    soup = ens.main(["--cache", str(cache), "--members", str(tmp / "run"), str(tmp / "run"), "--average-weights", "--run-dir", str(tmp / "soup")])
+    assert soup["val"]["plain"]["mae"] == pytest.approx(result["val"]["plain"]["mae"], abs=1e-3)
+    assert soup["gmac"] == pytest.approx(result["gmac"], rel=1e-3)

@@ -5,10 +5,11 @@ Ensemble (output mean, edgeba.training.nets.average_regressors; costs the member
     python train/ensemble.py --cache cache/gpu/crops_noseg256.npz \
         --members train/runs/regressor/relu_sex_enh_noseg_ft train/runs/regressor/relu_sex_enh_seg_s1_ft_noseg \
         --run-dir train/runs/regressor/ens2_noseg
-Weight average of one run's last epochs (one model, no extra compute; the run saves every epoch's weights
-in snapshots/):
-    python train/ensemble.py --cache cache/gpu/crops_noseg256.npz --members train/runs/regressor/relu_sex_enh_noseg_ft \
-        --average-weights 5 --run-dir train/runs/regressor/relu_sex_enh_noseg_ft_wa5
+Weight average ("model soup": one model, no extra compute) of runs fine-tuned from the same start, each
+run's best model or, with --last K, its last K epoch snapshots (a run saves every epoch in snapshots/):
+    python train/ensemble.py --cache cache/gpu/crops_noseg256.npz --average-weights \
+        --members train/runs/regressor/relu_sex_enh_noseg_ft train/runs/regressor/relu_sex_enh_noseg_ft_s1 \
+        --run-dir train/runs/regressor/relu_sex_enh_noseg_soup
 
 The result is a normal run directory (config.json, metrics.json, regressor.keras, predictions_*.csv),
 so export, the model card and the selection script treat it like any single run.
@@ -29,13 +30,17 @@ from edgeba.training.nets import average_regressors, count_macs
 from edgeba.training.regressor import RegressorConfig, _report
 
 
-def average_weights(model: keras.Model, snapshots: list[Path]) -> list:
-    """Element-wise mean of the weights saved in `snapshots` (BatchNorm statistics included: the
-    snapshots come from one low-LR trajectory, so they sit close together)."""
+def average_weights(model: keras.Model, sources: list[Path]) -> list:
+    """Element-wise mean of the weights in `sources` (.keras models or .weights.h5 snapshots of the same
+    network). BatchNorm statistics are averaged too: this is meant for weights fine-tuned from one
+    start at a low learning rate, which sit close together; tune decides whether it helped."""
     weights = []
-    for s in snapshots:
-        model.load_weights(s)
-        weights.append(model.get_weights())
+    for src in sources:
+        if src.suffix == ".keras":
+            weights.append(keras.models.load_model(src).get_weights())
+        else:
+            model.load_weights(src)
+            weights.append(model.get_weights())
     return [sum(ws) / len(ws) for ws in zip(*weights)]
 
 
@@ -44,10 +49,11 @@ def main(argv=None) -> dict:
     p.add_argument("--cache", type=Path, required=True)
     p.add_argument("--members", type=Path, nargs="+", required=True, help="run directories")
     p.add_argument("--run-dir", type=Path, required=True)
-    p.add_argument("--average-weights", type=int, metavar="K", help="average the last K epoch snapshots of the one member")
+    p.add_argument("--average-weights", action="store_true", help="one model with the mean weights (default: output ensemble)")
+    p.add_argument("--last", type=int, metavar="K", help="with --average-weights: each run's last K epoch snapshots, not its best model")
     a = p.parse_args(argv)
-    if a.average_weights and len(a.members) != 1:
-        p.error("--average-weights takes one run")
+    if a.last and not a.average_weights:
+        p.error("--last needs --average-weights")
 
     confs = [json.loads((r / "config.json").read_text()) for r in a.members]
     for c, r in zip(confs[1:], a.members[1:]):
@@ -55,7 +61,10 @@ def main(argv=None) -> dict:
             raise SystemExit(f"{r}: preprocessing or sex input differs from {a.members[0]}")
     members = [keras.models.load_model(r / "regressor.keras") for r in a.members]
     if a.average_weights:
-        model, snaps = members[0], sorted((a.members[0] / "snapshots").glob("epoch*.weights.h5"))[-a.average_weights :]
+        if any(c["target"] != confs[0]["target"] for c in confs):
+            raise SystemExit("weight averaging needs the same target normalisation in every run")
+        snaps = [x for r in a.members for x in sorted((r / "snapshots").glob("epoch*.weights.h5"))[-a.last :]] if a.last else [r / "regressor.keras" for r in a.members]
+        model = members[0]
         model.set_weights(average_weights(model, snaps))
     else:
         snaps = []
