@@ -78,7 +78,7 @@ def test_weight_average_and_self_ensemble(run):
     tmp, cache, result = run
     ens = _ensemble_script()
     wa = ens.main(["--cache", str(cache), "--members", str(tmp / "run"), "--average-weights", "--last", "2", "--run-dir", str(tmp / "wa")])
-    assert len(wa["averaged_snapshots"]) == 2 and np.isfinite(wa["val"]["plain"]["mae"])
+    assert len(wa["averaged"]) == 2 and wa["combine"] == "average-weights" and np.isfinite(wa["val"]["plain"]["mae"])
     # An ensemble of a run with itself is the run: same predictions, twice the compute.
     same = ens.main(["--cache", str(cache), "--members", str(tmp / "run"), str(tmp / "run"), "--run-dir", str(tmp / "self")])
     assert same["val"]["plain"]["mae"] == pytest.approx(result["val"]["plain"]["mae"], abs=1e-3)

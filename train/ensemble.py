@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import keras
@@ -75,7 +76,8 @@ def main(argv=None) -> dict:
     first = confs[0]
     cfg = RegressorConfig(variant=first["variant"], sex_input=first["sex_input"], preprocess=PreprocessConfig.from_dict(first["preprocess"]))
     target = first["target"]
-    how = {"members": [str(r) for r in a.members], "averaged_snapshots": [str(x) for x in snaps]}
+    how = {"members": [str(r) for r in a.members], "combine": "average-weights" if a.average_weights else "ensemble",
+           "averaged": [str(x) for x in snaps], "command": "python train/ensemble.py " + " ".join(sys.argv[1:] if argv is None else argv)}
     (a.run_dir / "config.json").write_text(json.dumps({**cfg.to_dict(), "target": target, **how, "cache": str(a.cache)}, indent=2))
     cache = load_crop_cache(a.cache)
     result = {
