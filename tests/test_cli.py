@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 import pytest
 from runtime_fixtures import *  # noqa: F401,F403
-from runtime_fixtures import GOOD_IDS, run_cli
+from runtime_fixtures import DEFAULT_DIR, GOOD_IDS, run_cli
 from test_io import BAD, _bad_inputs, write_dicom
 from typer.testing import CliRunner
 
@@ -17,6 +17,7 @@ from edgeba import cli
 from edgeba.dataset import rsna_root
 from edgeba.metrics import METRIC_KEYS
 
+LEAKY_ID = "1886"  # U-Net mask touches the bottom, left and right borders (cache/masks_unet/quality.json)
 JSON_KEYS = {"file", "bone_age_months", "sex", "backend", "model", "timings_ms", "mask_quality", "warnings"}
 
 
@@ -73,6 +74,17 @@ def test_backends_agree_end_to_end(model_dir, good_image):
     # the fixture's INT8 files are calibrated on 8 images; the shipped ones must agree within 3 months
     fixture = json.loads((model_dir / "manifest.json").read_text())["name"] == "edgeba-test-fixture"
     assert max(ages.values()) - min(ages.values()) <= (5.0 if fixture else 3.0), ages
+
+
+def test_leaky_mask_warns_for_the_whole_image_model():
+    """Shipped default (sees the whole image): a real radiograph whose U-Net mask leaks to three borders
+    still gets an estimate, exit 0, with the QC failure as a warning (every INT8 backend agrees)."""
+    image = rsna_root() / "train" / f"{LEAKY_ID}.jpg"
+    for backend in ("tflite", "openvino", "onnx"):
+        j = predict_json(image, "--sex", "male", "--model", DEFAULT_DIR, "--backend", backend)
+        assert j["mask_quality"]["ok"] is False, backend
+        assert any("failed quality checks" in w and "does not crop" in w for w in j["warnings"]), j["warnings"]
+        assert 120 < j["bone_age_months"] < 216, j  # RSNA label: 162 months
 
 
 def test_sex_is_never_assumed(model_dir, good_image):
