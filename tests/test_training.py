@@ -87,3 +87,17 @@ def test_weight_average_and_self_ensemble(run):
     soup = ens.main(["--cache", str(cache), "--members", str(tmp / "run"), str(tmp / "run"), "--average-weights", "--run-dir", str(tmp / "soup")])
     assert soup["val"]["plain"]["mae"] == pytest.approx(result["val"]["plain"]["mae"], abs=1e-3)
     assert soup["gmac"] == pytest.approx(result["gmac"], rel=1e-3)
+
+
+def test_lowres_cache_never_holds_val_images(tmp_path):
+    """Pre-training data: every low-res image except the val ids (their low-res copies would leak val)."""
+    from edgeba import dataset
+    from edgeba.training.crops import build_lowres_cache
+
+    d = load_crop_cache(build_lowres_cache(tmp_path / "lowres.npz", PreprocessConfig(input_size=128, segment=False)))
+    split_of = {c.id: c.split for c in dataset.cases()}
+    val = {i for i, s in split_of.items() if s == "val"}
+    assert len(val) == 269 and not val & set(d["ids"])
+    assert len(d["ids"]) == len(dataset.lowres_table()) - 269
+    assert all(s == split_of.get(i, "train") for i, s in zip(d["ids"], d["split"]))
+    assert d["crops"].shape[1:] == (128, 128) and d["crops"].std() > 10

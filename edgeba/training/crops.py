@@ -42,6 +42,24 @@ def build_crop_cache(out: Path, cfg: PreprocessConfig, mask_dir: Path | None) ->
                             [c.split for c in cases], mask_ok, crops)
 
 
+def build_lowres_cache(out: Path, cfg: PreprocessConfig) -> Path:
+    """Crop cache of the 12,611 low-resolution images (100x100, squashed) for pre-training.
+
+    Ids of the fixed split keep their split (so tune still only monitors); every other id is `train`.
+    Val ids are left out entirely: their low-res copies must never be trained on."""
+    if cfg.segment:
+        raise ValueError("the low-res images have no masks: use segment=False")
+    split_of = {c.id: c.split for c in dataset.cases()}
+    rows = [r for r in dataset.lowres_table() if split_of.get(r["id"], "train") != "val"]
+    crops = np.zeros((len(rows), cfg.input_size, cfg.input_size), np.uint8)
+    for i, r in enumerate(track(rows, description=f"crops {out.name}")):
+        pixels = load_image(dataset.rsna_root() / "lowres" / f"{r['id']}.png").pixels
+        crops[i] = np.round(crop_stage(pixels, None, cfg) * 255).astype(np.uint8)
+    return write_crop_cache(out, cfg, [r["id"] for r in rows], [float(r["boneage_months"]) for r in rows],
+                            [int(r["male"]) for r in rows], [split_of.get(r["id"], "train") for r in rows],
+                            np.ones(len(rows), bool), crops)
+
+
 def write_crop_cache(out: Path, cfg: PreprocessConfig, ids, age, male, split, mask_ok, crops: np.ndarray) -> Path:
     # Lossless WebP per crop: ~40% smaller than zlib, so caches fit the GPU machine's 64 MiB carry.
     blobs = [cv2.imencode(".webp", c, [cv2.IMWRITE_WEBP_QUALITY, 101])[1].ravel() for c in crops]
@@ -78,8 +96,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--masks", type=Path, help="folder of <id>.png hand masks (needed unless --no-segment)")
     p.add_argument("--size", type=int, default=PreprocessConfig.input_size)
     p.add_argument("--no-segment", action="store_true", help="plain letterbox of the whole image (ablation)")
+    p.add_argument("--lowres", action="store_true", help="the 100x100 low-res images (pre-training; implies --no-segment)")
     a = p.parse_args(argv)
-    cfg = PreprocessConfig(input_size=a.size, segment=not a.no_segment)
+    cfg = PreprocessConfig(input_size=a.size, segment=not (a.no_segment or a.lowres))
+    if a.lowres:
+        build_lowres_cache(a.out, cfg)
+        return
     if cfg.segment and a.masks is None:
         p.error("--masks is required unless --no-segment")
     build_crop_cache(a.out, cfg, a.masks)
