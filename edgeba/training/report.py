@@ -41,12 +41,12 @@ def plot_run(run: Path, out: Path, std: float) -> None:
     fig.savefig(out / f"{name}_loss.png", dpi=110)
     plt.close(fig)
 
-    p = _csv(run / "predictions_val_tta.csv") if (run / "predictions_val_tta.csv").exists() else _csv(run / "predictions_val.csv")
+    p = _csv(run / "predictions_val.csv")  # one view: what `edgeba predict` does
     t, y = p["boneage_months"], p["predicted_months"]
     fig, ax = plt.subplots(1, 2, figsize=(10, 4.2))
     ax[0].scatter(t, y, s=8, alpha=0.6, c=np.where(p["male"] > 0, "tab:blue", "tab:red"))
     ax[0].plot([0, 240], [0, 240], "k--", lw=1)
-    ax[0].set(xlabel="true bone age (months)", ylabel="predicted (months)", title=f"{name}: val (n={len(t)}); blue male, red female", xlim=(0, 240), ylim=(0, 240))
+    ax[0].set(xlabel="true bone age (months)", ylabel="predicted (months)", title=f"{name}: val (n={len(t)}, one view); blue male, red female", xlim=(0, 240), ylim=(0, 240))
     mean, diff = (t + y) / 2, y - t
     bias, loa = diff.mean(), 1.96 * diff.std()
     ax[1].scatter(mean, diff, s=8, alpha=0.6)
@@ -61,6 +61,7 @@ def plot_run(run: Path, out: Path, std: float) -> None:
 
 
 def table(runs: list[Path]) -> str:
+    # Every column is one view (plain) except "+TTA", the MAE of the 5-view mean.
     head = "| run | variant | sex | enhance | segment | px | epochs | val MAE | +TTA | MSE | RMSE | max | mean err | mean rel err | tune MAE |\n"
     head += "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n"
     lines = []
@@ -71,8 +72,8 @@ def table(runs: list[Path]) -> str:
         epochs = sum(1 for _ in open(run / "history.csv")) - 1
         lines.append(
             f"| {run.name} | {c['variant']} | {'yes' if c['sex_input'] else 'no'} | {'yes' if pp['enhance'] else 'no'} | "
-            f"{'yes' if pp['segment'] else 'no'} | {pp['input_size']} | {epochs} | {v['mae']:.2f} | {vt['mae']:.2f} | {vt['mse']:.1f} | "
-            f"{vt['rmse']:.2f} | {vt['max_error']:.1f} | {vt['mean_error']:+.2f} | {vt['mean_relative_error']:.3f} | {m['tune']['plain']['mae']:.2f} |"
+            f"{'yes' if pp['segment'] else 'no'} | {pp['input_size']} | {epochs} | {v['mae']:.2f} | {vt['mae']:.2f} | {v['mse']:.1f} | "
+            f"{v['rmse']:.2f} | {v['max_error']:.1f} | {v['mean_error']:+.2f} | {v['mean_relative_error']:.3f} | {m['tune']['plain']['mae']:.2f} |"
         )
     return head + "\n".join(lines) + "\n"
 
