@@ -1,7 +1,7 @@
 """Write MODEL_CARD.md for a model directory from its manifest and the training runs it came from.
 
     python export/model_card.py edgeba/models/default \
-        --regressor-run train/runs/regressor/relu_sex_enh_noseg --unet-run train/runs/unet
+        --regressor-run train/runs/regressor/relu_sex_enh_noseg_pre --unet-run train/runs/unet
 """
 
 from __future__ import annotations
@@ -90,6 +90,8 @@ def card(model_dir: Path, reg_run: Path, unet_run: Path) -> str:
         f"(train 935 / tune 134 / val 269). Regressor fitted on train images (up to {rm['n_train']}: see each command",
         f"below), epochs chosen on {rm['n_tune']} tune images; the model was chosen among candidates on tune",
         "(`train/runs/regressor/SHIPPED.md`). Val was used for nothing but these numbers.",
+        *(["Pre-training: the 12,611 low-resolution (100x100, squashed) RSNA images minus the 269 val ids (their",
+           "low-res copies would leak val); tune ids only monitor."] if any("lowres" in x for x in provenance(reg_run)) else []),
         "",
         "## Metrics (val, 269 images, float Keras, one view)",
         f"MAE {v['mae']:.2f}, MSE {v['mse']:.1f}, RMSE {v['rmse']:.2f}, max error {v['max_error']:.1f},"
@@ -111,9 +113,11 @@ def card(model_dir: Path, reg_run: Path, unet_run: Path) -> str:
         "## How it was made",
         "```",
         "python -m edgeba.training.crops --out cache/gpu/crops_noseg256.npz --no-segment",
+        *(["python -m edgeba.training.crops --out cache/gpu/crops_lowres128.npz --lowres --size 128   # val ids left out"]
+          if any("lowres" in line for line in provenance(reg_run)) else []),
         *provenance(reg_run),
         "python train/segmentation.py bootstrap && python train/segmentation.py selftrain   # the U-Net",
-        f"edgeba export train/runs/unet/unet.keras {reg_run}/regressor.keras {model_dir}",
+        f"python export/export_all.py --unet train/runs/unet/unet.keras --regressor {reg_run}/regressor.keras --out {model_dir} --formats shipped",
         f"python export/model_card.py {model_dir} --regressor-run {reg_run} --unet-run {unet_run}",
         "```",
         f"INT8 calibration: {m.get('calibration', {}).get('n_images')} train images ({m.get('calibration', {}).get('selection')}).",
