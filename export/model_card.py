@@ -60,6 +60,8 @@ def describe_regressor(reg_run: Path, rm: dict) -> str:
 
 
 def card(model_dir: Path, reg_run: Path, unet_run: Path) -> str:
+    commands = provenance(reg_run)
+    pretrained = any("lowres" in c for c in commands)  # low-res pre-training somewhere in the chain
     m = json.loads((model_dir / "manifest.json").read_text())
     rm = json.loads((reg_run / "metrics.json").read_text())
     v = rm["val"]["plain"]
@@ -91,7 +93,7 @@ def card(model_dir: Path, reg_run: Path, unet_run: Path) -> str:
         f"below), epochs chosen on {rm['n_tune']} tune images; the model was chosen among candidates on tune",
         "(`train/runs/regressor/SHIPPED.md`). Val was used for nothing but these numbers.",
         *(["Pre-training: the 12,611 low-resolution (100x100, squashed) RSNA images minus the 269 val ids (their",
-           "low-res copies would leak val); tune ids only monitor."] if any("lowres" in x for x in provenance(reg_run)) else []),
+           "low-res copies would leak val); tune ids only monitor."] if pretrained else []),
         "",
         "## Metrics (val, 269 images, float Keras, one view)",
         f"MAE {v['mae']:.2f}, MSE {v['mse']:.1f}, RMSE {v['rmse']:.2f}, max error {v['max_error']:.1f},"
@@ -114,8 +116,8 @@ def card(model_dir: Path, reg_run: Path, unet_run: Path) -> str:
         "```",
         "python -m edgeba.training.crops --out cache/gpu/crops_noseg256.npz --no-segment",
         *(["python -m edgeba.training.crops --out cache/gpu/crops_lowres128.npz --lowres --size 128   # val ids left out"]
-          if any("lowres" in line for line in provenance(reg_run)) else []),
-        *provenance(reg_run),
+          if pretrained else []),
+        *commands,
         "python train/segmentation.py bootstrap && python train/segmentation.py selftrain   # the U-Net",
         f"python export/export_all.py --unet train/runs/unet/unet.keras --regressor {reg_run}/regressor.keras --out {model_dir} --formats shipped",
         f"python export/model_card.py {model_dir} --regressor-run {reg_run} --unet-run {unet_run}",

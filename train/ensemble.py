@@ -31,18 +31,16 @@ from edgeba.training.nets import average_regressors, count_macs
 from edgeba.training.regressor import RegressorConfig, _report
 
 
-def average_weights(model: keras.Model, sources: list[Path]) -> list:
-    """Element-wise mean of the weights in `sources` (.keras models or .weights.h5 snapshots of the same
-    network). BatchNorm statistics are averaged too: this is meant for weights fine-tuned from one
-    start at a low learning rate, which sit close together; tune decides whether it helped."""
-    weights = []
-    for src in sources:
-        if src.suffix == ".keras":
-            weights.append(keras.models.load_model(src).get_weights())
-        else:
-            model.load_weights(src)
-            weights.append(model.get_weights())
+def average_weights(weights: list[list]) -> list:
+    """Element-wise mean of several weight lists of the same network (BatchNorm statistics included:
+    this is meant for weights fine-tuned from one start at a low learning rate, which sit close
+    together; tune decides whether it helped)."""
     return [sum(ws) / len(ws) for ws in zip(*weights)]
+
+
+def snapshot_weights(model: keras.Model, snapshot: Path) -> list:
+    model.load_weights(snapshot)
+    return model.get_weights()
 
 
 def main(argv=None) -> dict:
@@ -64,9 +62,14 @@ def main(argv=None) -> dict:
     if a.average_weights:
         if any(c["target"] != confs[0]["target"] for c in confs):
             raise SystemExit("weight averaging needs the same target normalisation in every run")
-        snaps = [x for r in a.members for x in sorted((r / "snapshots").glob("epoch*.weights.h5"))[-a.last :]] if a.last else [r / "regressor.keras" for r in a.members]
         model = members[0]
-        model.set_weights(average_weights(model, snaps))
+        if a.last:
+            snaps = [x for r in a.members for x in sorted((r / "snapshots").glob("epoch*.weights.h5"))[-a.last :]]
+            weights = [snapshot_weights(model, x) for x in snaps]
+        else:
+            snaps = [r / "regressor.keras" for r in a.members]
+            weights = [m.get_weights() for m in members]
+        model.set_weights(average_weights(weights))
     else:
         snaps = []
         model = average_regressors(members, [c["target"] for c in confs])
@@ -80,19 +83,20 @@ def main(argv=None) -> dict:
            "averaged": [str(x) for x in snaps], "command": "python train/ensemble.py " + " ".join(sys.argv[1:] if argv is None else argv)}
     (a.run_dir / "config.json").write_text(json.dumps({**cfg.to_dict(), "target": target, **how, "cache": str(a.cache)}, indent=2))
     cache = load_crop_cache(a.cache)
+    member_metrics = [json.loads((r / "metrics.json").read_text()) for r in a.members]
     result = {
         "config": cfg.to_dict(),
         **how,
         "target": target,
         "params": int(model.count_params()),
         "gmac": round(count_macs(model) / 1e9, 4),
-        "n_train": max(json.loads((r / "metrics.json").read_text())["n_train"] for r in a.members),
-        "n_tune": max(json.loads((r / "metrics.json").read_text())["n_tune"] for r in a.members),
+        "n_train": max(m["n_train"] for m in member_metrics),
+        "n_tune": max(m["n_tune"] for m in member_metrics),
         "tune": _report(model, cache, cfg, target, "tune", a.run_dir),
         "val": _report(model, cache, cfg, target, "val", a.run_dir),
     }
     (a.run_dir / "metrics.json").write_text(json.dumps(result, indent=2))
-    print(json.dumps({"tune_mae": result["tune"]["plain"]["mae"], "val_mae": result["val"]["plain"]["mae"]}))
+    print(json.dumps({"tune_mae": result["tune"]["plain"]["mae"]}))  # val is in metrics.json, for reporting only
     return result
 
 

@@ -3,8 +3,8 @@
     python train/select_regressor.py --masks cache/masks_unet --split tune [--candidates RUN RUN+RUN ...]
 
 A candidate is a run directory name under --runs, or several joined by "+": their ensemble (the mean
-of the members' months, what train/ensemble.py builds as one graph). Each candidate gets the runtime's own inputs (edgeba.preprocess.regressor_input); models that crop to
-the hand are also scored on the images whose mask passes QC alone, since the runtime refuses the rest.
+of the members' months, what train/ensemble.py builds as one graph). Each candidate gets the runtime's
+own inputs (edgeba.preprocess.regressor_input); models that crop to the hand are also scored on the images whose mask passes QC alone, since the runtime refuses the rest.
 """
 
 from __future__ import annotations

@@ -27,6 +27,10 @@ def read_mask(mask_dir: Path, case_id: str) -> np.ndarray:
     return (m > 127).astype(np.uint8)
 
 
+def crop_u8(pixels: np.ndarray, mask: np.ndarray | None, cfg: PreprocessConfig) -> np.ndarray:
+    return np.round(crop_stage(pixels, mask, cfg) * 255).astype(np.uint8)  # exact: crop_stage gives 8-bit levels
+
+
 def build_crop_cache(out: Path, cfg: PreprocessConfig, mask_dir: Path | None) -> Path:
     """Write out (npz): ids, age, male, split, mask_ok (QC), the crops as lossless WebP, and the preprocessing config."""
     cases = dataset.cases()
@@ -37,7 +41,7 @@ def build_crop_cache(out: Path, cfg: PreprocessConfig, mask_dir: Path | None) ->
         mask = read_mask(mask_dir, c.id) if cfg.segment else None
         if mask is not None:
             mask_ok[i] = mask_quality(mask).ok
-        crops[i] = np.round(crop_stage(pixels, mask, cfg) * 255).astype(np.uint8)  # exact: already 8-bit levels
+        crops[i] = crop_u8(pixels, mask, cfg)
     return write_crop_cache(out, cfg, [c.id for c in cases], [c.boneage_months for c in cases], [c.male for c in cases],
                             [c.split for c in cases], mask_ok, crops)
 
@@ -54,7 +58,7 @@ def build_lowres_cache(out: Path, cfg: PreprocessConfig) -> Path:
     crops = np.zeros((len(rows), cfg.input_size, cfg.input_size), np.uint8)
     for i, r in enumerate(track(rows, description=f"crops {out.name}")):
         pixels = load_image(dataset.rsna_root() / "lowres" / f"{r['id']}.png").pixels
-        crops[i] = np.round(crop_stage(pixels, None, cfg) * 255).astype(np.uint8)
+        crops[i] = crop_u8(pixels, None, cfg)
     return write_crop_cache(out, cfg, [r["id"] for r in rows], [float(r["boneage_months"]) for r in rows],
                             [int(r["male"]) for r in rows], [split_of.get(r["id"], "train") for r in rows],
                             np.ones(len(rows), bool), crops)
