@@ -101,3 +101,19 @@ def test_lowres_cache_never_holds_val_images(tmp_path):
     assert len(d["ids"]) == len(dataset.lowres_table()) - 269
     assert all(s == split_of.get(i, "train") for i, s in zip(d["ids"], d["split"]))
     assert d["crops"].shape[1:] == (128, 128) and d["crops"].std() > 10
+
+
+def test_training_losses():
+    """--loss: MSE (the thesis), MAE, and Huber, quadratic up to HUBER_DELTA and linear beyond."""
+    from edgeba.training.regressor import HUBER_DELTA, training_loss
+
+    y = np.zeros((4, 1), np.float32)
+    p = np.array([[0.1], [-0.2], [1.0], [-2.0]], np.float32)
+    e = np.abs(p - y)
+    huber = np.where(e <= HUBER_DELTA, 0.5 * e**2, HUBER_DELTA * (e - 0.5 * HUBER_DELTA)).mean()
+    expect = {"mse": (e**2).mean(), "mae": e.mean(), "huber": huber}
+    for name, want in expect.items():
+        got = float(np.mean(keras.losses.get(training_loss(name))(y, p)))  # a named loss gives per-sample values
+        assert got == pytest.approx(want, rel=1e-5), name
+    with pytest.raises(ValueError):
+        training_loss("l1")

@@ -28,7 +28,7 @@ import keras
 from edgeba.preprocess import PreprocessConfig
 from edgeba.training.crops import load_crop_cache
 from edgeba.training.nets import average_regressors, count_macs
-from edgeba.training.regressor import RegressorConfig, _report
+from edgeba.training.regressor import RegressorConfig, report_split
 
 
 def average_weights(weights: list[list]) -> list:
@@ -92,8 +92,8 @@ def main(argv=None) -> dict:
         "gmac": round(count_macs(model) / 1e9, 4),
         "n_train": max(m["n_train"] for m in member_metrics),
         "n_tune": max(m["n_tune"] for m in member_metrics),
-        "tune": _report(model, cache, cfg, target, "tune", a.run_dir),
-        "val": _report(model, cache, cfg, target, "val", a.run_dir),
+        "tune": report_split(model, cache, cfg, target, "tune", a.run_dir),
+        "val": report_split(model, cache, cfg, target, "val", a.run_dir),
     }
     (a.run_dir / "metrics.json").write_text(json.dumps(result, indent=2))
     print(json.dumps({"tune_mae": result["tune"]["plain"]["mae"]}))  # val is in metrics.json, for reporting only

@@ -40,6 +40,7 @@ class RegressorConfig:
     qc_only: bool = True  # train/tune only on images whose mask passed QC
     seed: int = 0
     time_budget_s: float = 0.0  # stop training after this many seconds (0 = no limit)
+    loss: str = "mse"  # "mse" (the thesis), "huber" or "mae" (robust: see training_loss)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -101,6 +102,18 @@ def predict_months(model, crops, male, cfg: RegressorConfig, target: dict, tta: 
     return np.mean(outs, axis=0) * target["std"] + target["mean"]
 
 
+# Huber's quadratic zone in normalised targets: 0.25 std is about 11 months, near the model's MAE,
+# so typical errors are fitted as with MSE and only the outliers (often label noise) pull linearly.
+HUBER_DELTA = 0.25
+
+
+def training_loss(name: str):
+    losses = {"mse": "mse", "mae": "mae", "huber": keras.losses.Huber(delta=HUBER_DELTA)}
+    if name not in losses:
+        raise ValueError(f"unknown loss {name!r}: one of {sorted(losses)}")
+    return losses[name]
+
+
 class TimeBudget(keras.callbacks.Callback):
     def __init__(self, seconds: float):
         super().__init__()
@@ -111,7 +124,8 @@ class TimeBudget(keras.callbacks.Callback):
             self.model.stop_training = True
 
 
-def _report(model, cache, cfg, target, split, run_dir: Path) -> dict:
+def report_split(model, cache, cfg, target, split, run_dir: Path) -> dict:
+    """Metrics of one split (plain, and TTA if cfg.report_tta); writes run_dir/predictions_<split>[_tta].csv."""
     sel = cache["split"] == split
     out = {}
     for tta in ((False, True) if cfg.report_tta else (False,)):
@@ -151,7 +165,7 @@ def train(cache_path: Path, run_dir: Path, cfg: RegressorConfig, workers: int = 
         model.set_weights(keras.models.load_model(init_from).get_weights())
     steps = len(CropBatches(cache["crops"][tr], cache["male"][tr], norm[tr], cfg, True)) * cfg.epochs
     schedule = keras.optimizers.schedules.CosineDecay(cfg.lr, decay_steps=steps, alpha=0.02)
-    model.compile(optimizer=keras.optimizers.Adam(schedule), loss="mse", metrics=["mae"])
+    model.compile(optimizer=keras.optimizers.Adam(schedule), loss=training_loss(cfg.loss), metrics=["mae"])
     train_data = CropBatches(cache["crops"][tr], cache["male"][tr], norm[tr], cfg, True, workers=workers, use_multiprocessing=False, max_queue_size=8)
     tune_data = (model_inputs(cache["crops"][tu], cache["male"][tu], cfg), norm[tu, None])
     callbacks = [
@@ -181,9 +195,9 @@ def train(cache_path: Path, run_dir: Path, cfg: RegressorConfig, workers: int = 
         "gmac": round(count_macs(best) / 1e9, 4),
         "n_train": int(tr.sum()),
         "n_tune": int(tu.sum()),
-        "tune": _report(best, cache, cfg, target, "tune", run_dir),
+        "tune": report_split(best, cache, cfg, target, "tune", run_dir),
         # A pre-training cache holds no val images (build_lowres_cache leaves them out).
-        "val": _report(best, cache, cfg, target, "val", run_dir) if (cache["split"] == "val").any() else None,
+        "val": report_split(best, cache, cfg, target, "val", run_dir) if (cache["split"] == "val").any() else None,
     }
     (run_dir / "metrics.json").write_text(json.dumps(result, indent=2))
     return result
@@ -205,12 +219,13 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--init-from", type=Path, help="start from this model's weights (fine-tune / anneal)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--loss", choices=("mse", "huber", "mae"), default="mse")
     a = p.parse_args(argv)
     cfg = RegressorConfig(
         variant=a.variant,
         sex_input=not a.no_sex,
         preprocess=PreprocessConfig(input_size=a.size, enhance=not a.no_enhance, segment=not a.no_segment),
-        epochs=a.epochs, lr=a.lr, patience=a.patience, time_budget_s=a.time_budget, seed=a.seed,
+        epochs=a.epochs, lr=a.lr, patience=a.patience, time_budget_s=a.time_budget, seed=a.seed, loss=a.loss,
     )
     result = train(a.cache, a.run_dir, cfg, workers=a.workers, init_from=a.init_from)
     print(json.dumps({"tune_mae": result["tune"]["plain"]["mae"]}))  # val is in metrics.json, for reporting only
