@@ -131,6 +131,15 @@ def bone_roi_ids() -> list[str]:
 
 
 @lru_cache(maxsize=1)
+def typical_aspect() -> float:
+    """Median width/height of the train-split originals (train.csv orig_width/orig_height): the usual
+    shape the 100x100 low-res images were squashed from."""
+    train = {c.id for c in split_cases("train")}
+    rows = [r for r in _read_csv(rsna_root() / "train.csv") if r["id"] in train]
+    return float(np.median([float(r["orig_width"]) / float(r["orig_height"]) for r in rows]))
+
+
+@lru_cache(maxsize=1)
 def lowres_table() -> tuple[dict[str, str], ...]:
     """lowres.csv rows: id, boneage_months, male, in_train (100x100 squashed images)."""
     return tuple(_read_csv(rsna_root() / "lowres.csv"))

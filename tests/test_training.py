@@ -90,17 +90,22 @@ def test_weight_average_and_self_ensemble(run):
 
 
 def test_lowres_cache_never_holds_val_images(tmp_path):
-    """Pre-training data: every low-res image except the val ids (their low-res copies would leak val)."""
+    """Pre-training data: every low-res image except the val ids (their low-res copies would leak val),
+    unsquashed to the typical hand proportions (letterboxed like the full-resolution images)."""
     from edgeba import dataset
     from edgeba.training.crops import build_lowres_cache
 
-    d = load_crop_cache(build_lowres_cache(tmp_path / "lowres.npz", PreprocessConfig(input_size=128, segment=False)))
+    d = load_crop_cache(build_lowres_cache(tmp_path / "lowres.npz", PreprocessConfig(input_size=128, segment=False), unsquash=True))
     split_of = {c.id: c.split for c in dataset.cases()}
     val = {i for i, s in split_of.items() if s == "val"}
     assert len(val) == 269 and not val & set(d["ids"])
     assert len(d["ids"]) == len(dataset.lowres_table()) - 269
     assert all(s == split_of.get(i, "train") for i, s in zip(d["ids"], d["split"]))
     assert d["crops"].shape[1:] == (128, 128) and d["crops"].std() > 10
+    # Narrowed to width/height ~0.79: the letterbox pads the last ~21 % of the columns of every crop.
+    assert 0.7 < dataset.typical_aspect() < 0.9
+    filled = (d["crops"].max(axis=(0, 1)) > 0).sum()
+    assert filled == pytest.approx(128 * dataset.typical_aspect(), abs=2)
 
 
 def test_training_losses():

@@ -46,18 +46,24 @@ def build_crop_cache(out: Path, cfg: PreprocessConfig, mask_dir: Path | None) ->
                             [c.split for c in cases], mask_ok, crops)
 
 
-def build_lowres_cache(out: Path, cfg: PreprocessConfig) -> Path:
+def build_lowres_cache(out: Path, cfg: PreprocessConfig, unsquash: bool = False) -> Path:
     """Crop cache of the 12,611 low-resolution images (100x100, squashed) for pre-training.
 
     Ids of the fixed split keep their split (so tune still only monitors); every other id is `train`.
-    Val ids are left out entirely: their low-res copies must never be trained on."""
+    Val ids are left out entirely: their low-res copies must never be trained on.
+    unsquash: first narrow each image to the typical original width/height (dataset.typical_aspect, about
+    0.79), so its hand has the proportions of the letterboxed full-resolution images the model is fine-tuned on."""
     if cfg.segment:
         raise ValueError("the low-res images have no masks: use segment=False")
     split_of = {c.id: c.split for c in dataset.cases()}
     rows = [r for r in dataset.lowres_table() if split_of.get(r["id"], "train") != "val"]
+    aspect = dataset.typical_aspect() if unsquash else 1.0
     crops = np.zeros((len(rows), cfg.input_size, cfg.input_size), np.uint8)
     for i, r in enumerate(track(rows, description=f"crops {out.name}")):
         pixels = load_image(dataset.rsna_root() / "lowres" / f"{r['id']}.png").pixels
+        if unsquash:
+            h, w = pixels.shape
+            pixels = cv2.resize(pixels, (round(w * aspect), h), interpolation=cv2.INTER_AREA)
         crops[i] = crop_u8(pixels, None, cfg)
     return write_crop_cache(out, cfg, [r["id"] for r in rows], [float(r["boneage_months"]) for r in rows],
                             [int(r["male"]) for r in rows], [split_of.get(r["id"], "train") for r in rows],
@@ -101,10 +107,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--size", type=int, default=PreprocessConfig.input_size)
     p.add_argument("--no-segment", action="store_true", help="plain letterbox of the whole image (ablation)")
     p.add_argument("--lowres", action="store_true", help="the 100x100 low-res images (pre-training; implies --no-segment)")
+    p.add_argument("--unsquash", action="store_true", help="with --lowres: restore the typical hand proportions first")
     a = p.parse_args(argv)
     cfg = PreprocessConfig(input_size=a.size, segment=not (a.no_segment or a.lowres))
     if a.lowres:
-        build_lowres_cache(a.out, cfg)
+        build_lowres_cache(a.out, cfg, unsquash=a.unsquash)
         return
     if cfg.segment and a.masks is None:
         p.error("--masks is required unless --no-segment")
