@@ -27,6 +27,8 @@ def train_command(run: Path, conf: dict) -> str:
     flags = [f"--cache {conf['cache']}", f"--run-dir {run}", f"--variant {conf['variant']}"]
     flags += [f for f, on in (("--no-segment", not pp["segment"]), ("--no-sex", not conf["sex_input"]), ("--no-enhance", not pp["enhance"])) if on]
     flags += [f"--size {pp['input_size']}", f"--lr {conf['lr']:g}", f"--epochs {conf['epochs']}", f"--patience {conf['patience']}", f"--seed {conf['seed']}"]
+    if conf.get("loss", "mse") != "mse":
+        flags.append(f"--loss {conf['loss']}")
     if conf.get("time_budget_s"):
         flags.append(f"--time-budget {conf['time_budget_s']:g}")
     if conf.get("init_from"):
@@ -52,6 +54,15 @@ def provenance(run: Path, seen: set | None = None) -> list[str]:
     return lines + [train_command(run, conf)]
 
 
+def cache_commands(commands: list[str]) -> list[str]:
+    """The commands that built the crop caches the training commands read (recorded in each cache)."""
+    from edgeba.training.crops import cache_command
+
+    caches = dict.fromkeys(c.split("--cache ")[1].split()[0] for c in commands if "--cache " in c)
+    return [(cache_command(Path(p)) if Path(p).is_file() else "") or f"# {p}: built by python -m edgeba.training.crops (command not recorded)"
+            for p in caches]
+
+
 def describe_regressor(reg_run: Path, rm: dict) -> str:
     conf = json.loads((reg_run / "config.json").read_text())
     kind = {"average-weights": f"the weight average of {len(conf.get('members', []))} runs fine-tuned from one start (one network)",
@@ -61,7 +72,9 @@ def describe_regressor(reg_run: Path, rm: dict) -> str:
 
 def card(model_dir: Path, reg_run: Path, unet_run: Path) -> str:
     commands = provenance(reg_run)
-    pretrained = any("lowres" in c for c in commands)  # low-res pre-training somewhere in the chain
+    builds = cache_commands(commands)
+    pretrained = any("--lowres" in c for c in builds)  # low-res pre-training somewhere in the chain
+    unsquashed = any("--unsquash" in c for c in builds)
     m = json.loads((model_dir / "manifest.json").read_text())
     rm = json.loads((reg_run / "metrics.json").read_text())
     v = rm["val"]["plain"]
@@ -93,7 +106,9 @@ def card(model_dir: Path, reg_run: Path, unet_run: Path) -> str:
         f"below), epochs chosen on {rm['n_tune']} tune images; the model was chosen among candidates on tune",
         "(`train/runs/regressor/SHIPPED.md`). Val was used for nothing but these numbers.",
         *(["Pre-training: the 12,611 low-resolution (100x100, squashed) RSNA images minus the 269 val ids (their",
-           "low-res copies would leak val); tune ids only monitor."] if pretrained else []),
+           "low-res copies would leak val); tune ids only monitor."
+           + (" Each was first narrowed to the train originals' median width/height (0.79)." if unsquashed else "")]
+          if pretrained else []),
         "",
         "## Metrics (val, 269 images, float Keras, one view)",
         f"MAE {v['mae']:.2f}, MSE {v['mse']:.1f}, RMSE {v['rmse']:.2f}, max error {v['max_error']:.1f},"
@@ -114,9 +129,7 @@ def card(model_dir: Path, reg_run: Path, unet_run: Path) -> str:
         "",
         "## How it was made",
         "```",
-        "python -m edgeba.training.crops --out cache/gpu/crops_noseg256.npz --no-segment",
-        *(["python -m edgeba.training.crops --out cache/gpu/crops_lowres128.npz --lowres --size 128   # val ids left out"]
-          if pretrained else []),
+        *builds,
         *commands,
         "python train/segmentation.py bootstrap && python train/segmentation.py selftrain   # the U-Net",
         f"python export/export_all.py --unet train/runs/unet/unet.keras --regressor {reg_run}/regressor.keras --out {model_dir} --formats shipped",

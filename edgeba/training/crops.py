@@ -8,6 +8,8 @@ The cache is derived from the RSNA images: it stays outside git (cache/), never 
 from __future__ import annotations
 
 import json
+import shlex
+import sys
 from pathlib import Path
 
 import cv2
@@ -31,7 +33,7 @@ def crop_u8(pixels: np.ndarray, mask: np.ndarray | None, cfg: PreprocessConfig) 
     return np.round(crop_stage(pixels, mask, cfg) * 255).astype(np.uint8)  # exact: crop_stage gives 8-bit levels
 
 
-def build_crop_cache(out: Path, cfg: PreprocessConfig, mask_dir: Path | None) -> Path:
+def build_crop_cache(out: Path, cfg: PreprocessConfig, mask_dir: Path | None, command: str = "") -> Path:
     """Write out (npz): ids, age, male, split, mask_ok (QC), the crops as lossless WebP, and the preprocessing config."""
     cases = dataset.cases()
     crops = np.zeros((len(cases), cfg.input_size, cfg.input_size), np.uint8)
@@ -43,10 +45,10 @@ def build_crop_cache(out: Path, cfg: PreprocessConfig, mask_dir: Path | None) ->
             mask_ok[i] = mask_quality(mask).ok
         crops[i] = crop_u8(pixels, mask, cfg)
     return write_crop_cache(out, cfg, [c.id for c in cases], [c.boneage_months for c in cases], [c.male for c in cases],
-                            [c.split for c in cases], mask_ok, crops)
+                            [c.split for c in cases], mask_ok, crops, command)
 
 
-def build_lowres_cache(out: Path, cfg: PreprocessConfig, unsquash: bool = False) -> Path:
+def build_lowres_cache(out: Path, cfg: PreprocessConfig, unsquash: bool = False, command: str = "") -> Path:
     """Crop cache of the 12,611 low-resolution images (100x100, squashed) for pre-training.
 
     Ids of the fixed split keep their split (so tune still only monitors); every other id is `train`.
@@ -67,10 +69,11 @@ def build_lowres_cache(out: Path, cfg: PreprocessConfig, unsquash: bool = False)
         crops[i] = crop_u8(pixels, None, cfg)
     return write_crop_cache(out, cfg, [r["id"] for r in rows], [float(r["boneage_months"]) for r in rows],
                             [int(r["male"]) for r in rows], [split_of.get(r["id"], "train") for r in rows],
-                            np.ones(len(rows), bool), crops)
+                            np.ones(len(rows), bool), crops, command)
 
 
-def write_crop_cache(out: Path, cfg: PreprocessConfig, ids, age, male, split, mask_ok, crops: np.ndarray) -> Path:
+def write_crop_cache(out: Path, cfg: PreprocessConfig, ids, age, male, split, mask_ok, crops: np.ndarray, command: str = "") -> Path:
+    """command: how the cache was built (the model card prints it with the training commands)."""
     # Lossless WebP per crop: ~40% smaller than zlib, so caches fit the GPU machine's 64 MiB carry.
     blobs = [cv2.imencode(".webp", c, [cv2.IMWRITE_WEBP_QUALITY, 101])[1].ravel() for c in crops]
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -84,6 +87,7 @@ def write_crop_cache(out: Path, cfg: PreprocessConfig, ids, age, male, split, ma
         webp=np.concatenate(blobs),
         offsets=np.cumsum([0] + [len(b) for b in blobs]),
         preprocess=np.array(json.dumps(cfg.to_dict())),
+        command=np.array(command),
     )
     return out
 
@@ -95,7 +99,14 @@ def load_crop_cache(path: Path) -> dict[str, np.ndarray]:
     buf, off = d.pop("webp"), d.pop("offsets")
     d["crops"] = np.stack([cv2.imdecode(buf[off[i] : off[i + 1]], cv2.IMREAD_GRAYSCALE) for i in range(len(off) - 1)])
     d["preprocess"] = json.loads(str(d["preprocess"]))
+    d["command"] = str(d.get("command", ""))
     return d
+
+
+def cache_command(path: Path) -> str:
+    """The command that built a cache ("" for caches written before it was recorded), without decoding it."""
+    with np.load(path) as z:
+        return str(z["command"]) if "command" in z.files else ""
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -109,13 +120,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--lowres", action="store_true", help="the 100x100 low-res images (pre-training; implies --no-segment)")
     p.add_argument("--unsquash", action="store_true", help="with --lowres: restore the typical hand proportions first")
     a = p.parse_args(argv)
+    command = shlex.join(["python", "-m", "edgeba.training.crops", *(sys.argv[1:] if argv is None else argv)])
     cfg = PreprocessConfig(input_size=a.size, segment=not (a.no_segment or a.lowres))
     if a.lowres:
-        build_lowres_cache(a.out, cfg, unsquash=a.unsquash)
+        build_lowres_cache(a.out, cfg, unsquash=a.unsquash, command=command)
         return
     if cfg.segment and a.masks is None:
         p.error("--masks is required unless --no-segment")
-    build_crop_cache(a.out, cfg, a.masks)
+    build_crop_cache(a.out, cfg, a.masks, command=command)
 
 
 if __name__ == "__main__":
