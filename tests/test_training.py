@@ -93,9 +93,13 @@ def test_lowres_cache_never_holds_val_images(tmp_path):
     """Pre-training data: every low-res image except the val ids (their low-res copies would leak val),
     unsquashed to the typical hand proportions (letterboxed like the full-resolution images)."""
     from edgeba import dataset
-    from edgeba.training.crops import build_lowres_cache
+    from edgeba.training import crops
 
-    d = load_crop_cache(build_lowres_cache(tmp_path / "lowres.npz", PreprocessConfig(input_size=128, segment=False), unsquash=True))
+    args = ["--out", str(tmp_path / "lowres.npz"), "--lowres", "--unsquash", "--size", "128"]
+    crops.main(args)
+    d = load_crop_cache(tmp_path / "lowres.npz")
+    # The cache remembers how it was built (the model card prints it).
+    assert crops.cache_command(tmp_path / "lowres.npz") == "python -m edgeba.training.crops " + " ".join(args) == d["command"]
     split_of = {c.id: c.split for c in dataset.cases()}
     val = {i for i, s in split_of.items() if s == "val"}
     assert len(val) == 269 and not val & set(d["ids"])
