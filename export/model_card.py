@@ -38,7 +38,7 @@ def train_command(run: Path, conf: dict) -> str:
 
 def provenance(run: Path, seen: set | None = None) -> list[str]:
     """Every command that led to `run`, parents first: members of a combined run, the run a fine-tune
-    started from, then the run itself."""
+    (or a BatchNorm recalibration) started from, then the run itself."""
     seen = set() if seen is None else seen
     if str(run) in seen:
         return []
@@ -51,7 +51,7 @@ def provenance(run: Path, seen: set | None = None) -> list[str]:
         return lines + [conf.get("command", f"python train/ensemble.py --members {' '.join(conf['members'])} --run-dir {run}")]
     if conf.get("init_from"):
         lines += provenance(Path(conf["init_from"]).parent, seen)
-    return lines + [train_command(run, conf)]
+    return lines + [conf.get("command") or train_command(run, conf)]  # a post-processed run (precise_bn.py) records its command
 
 
 def cache_commands(commands: list[str]) -> list[str]:

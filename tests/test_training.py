@@ -126,3 +126,18 @@ def test_training_losses():
         assert got == pytest.approx(want, rel=1e-5), name
     with pytest.raises(ValueError):
         training_loss("l1")
+
+
+def test_precise_bn_sets_moving_stats_to_the_mean_of_batch_stats():
+    spec = importlib.util.spec_from_file_location("precise_bn_script", ROOT / "train" / "precise_bn.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    inp = keras.Input((3,), name="x")
+    bn = keras.layers.BatchNormalization(momentum=0.99)
+    model = keras.Model(inp, bn(inp))
+    x = np.random.default_rng(0).normal(5.0, 2.0, (40, 3)).astype(np.float32)
+    assert mod.precise_bn(model, {"x": x}, batch_size=16) == 1
+    batches = [x[:16], x[16:32], x[32:]]
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(bn.moving_mean), np.mean([b.mean(0) for b in batches], 0), rtol=1e-5)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(bn.moving_variance), np.mean([b.var(0) for b in batches], 0), rtol=1e-4)
+    assert bn.momentum == 0.99  # restored
