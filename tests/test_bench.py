@@ -72,10 +72,11 @@ def test_quick_result_schema_and_values(quick_run):
                     continue
                 s = lat[key]
                 assert positive(s["median"]) and s["p90"] >= s["median"] and s["n"] == r["settings"]["runs"], (fmt, key, s)
-            # The U-Net alone is part of its stage, which adds full-resolution mask post-processing (~10x
-            # the model here). No such order for the regressor: with one view its stage is the model call
-            # itself, and two medians of the same work order at random on a busy machine.
-            assert lat["segment_model"]["median"] < lat["segment"]["median"] or not manifest.segments
+            # The INT8 U-Net alone is part of its stage, which adds full-resolution mask post-processing
+            # (~8x that model here). Not for Keras (its eager U-Net call is as slow as the post-processing,
+            # so 3-run medians order at random) nor the regressor (one view: its stage is the model call).
+            if manifest.segments and fmt.endswith("int8"):
+                assert lat["segment_model"]["median"] < lat["segment"]["median"], (fmt, lat["segment_model"], lat["segment"])
         cs = x["cold_start"]
         assert positive(cs["wall_s"]["median"]) and cs["wall_s"]["median"] > lat["total"]["median"] / 1e3
         assert cs["first_run_s"] is None  # --quick measures the first run itself
