@@ -27,8 +27,8 @@ import keras
 
 from edgeba.preprocess import PreprocessConfig
 from edgeba.training.crops import load_crop_cache
-from edgeba.training.nets import average_regressors, count_macs
-from edgeba.training.regressor import RegressorConfig, report_split
+from edgeba.training.nets import average_regressors
+from edgeba.training.regressor import RegressorConfig, write_metrics
 
 
 def average_weights(weights: list[list]) -> list:
@@ -84,18 +84,8 @@ def main(argv=None) -> dict:
     (a.run_dir / "config.json").write_text(json.dumps({**cfg.to_dict(), "target": target, **how, "cache": str(a.cache)}, indent=2))
     cache = load_crop_cache(a.cache)
     member_metrics = [json.loads((r / "metrics.json").read_text()) for r in a.members]
-    result = {
-        "config": cfg.to_dict(),
-        **how,
-        "target": target,
-        "params": int(model.count_params()),
-        "gmac": round(count_macs(model) / 1e9, 4),
-        "n_train": max(m["n_train"] for m in member_metrics),
-        "n_tune": max(m["n_tune"] for m in member_metrics),
-        "tune": report_split(model, cache, cfg, target, "tune", a.run_dir),
-        "val": report_split(model, cache, cfg, target, "val", a.run_dir),
-    }
-    (a.run_dir / "metrics.json").write_text(json.dumps(result, indent=2))
+    result = write_metrics(model, cache, cfg, target, a.run_dir, max(m["n_train"] for m in member_metrics),
+                           max(m["n_tune"] for m in member_metrics), **how)
     print(json.dumps({"tune_mae": result["tune"]["plain"]["mae"]}))  # val is in metrics.json, for reporting only
     return result
 

@@ -23,8 +23,7 @@ import numpy as np
 
 from edgeba.preprocess import PreprocessConfig
 from edgeba.training.crops import load_crop_cache
-from edgeba.training.nets import count_macs
-from edgeba.training.regressor import RegressorConfig, model_inputs, report_split
+from edgeba.training.regressor import RegressorConfig, model_inputs, write_metrics
 
 
 def precise_bn(model: keras.Model, inputs: dict, batch_size: int = 32) -> int:
@@ -68,18 +67,7 @@ def main(argv=None) -> dict:
     target = conf["target"]
     (a.run_dir / "config.json").write_text(json.dumps({**conf, **how, "cache": str(a.cache)}, indent=2))
     src = json.loads((a.source / "metrics.json").read_text())
-    result = {
-        "config": cfg.to_dict(),
-        **how,
-        "target": target,
-        "params": int(model.count_params()),
-        "gmac": round(count_macs(model) / 1e9, 4),
-        "n_train": src["n_train"],
-        "n_tune": src["n_tune"],
-        "tune": report_split(model, cache, cfg, target, "tune", a.run_dir),
-        "val": report_split(model, cache, cfg, target, "val", a.run_dir),
-    }
-    (a.run_dir / "metrics.json").write_text(json.dumps(result, indent=2))
+    result = write_metrics(model, cache, cfg, target, a.run_dir, src["n_train"], src["n_tune"], **how)
     print(json.dumps({"tune_mae": result["tune"]["plain"]["mae"]}))  # val is in metrics.json, for reporting only
     return result
 

@@ -186,18 +186,24 @@ def train(cache_path: Path, run_dir: Path, cfg: RegressorConfig, workers: int = 
     shipped = build_regressor(cfg.variant, cfg.preprocess.input_size, cfg.sex_input, cfg.dropout)
     shipped.set_weights(best.get_weights())
     shipped.save(run_dir / "regressor.keras")
+    return write_metrics(best, cache, cfg, target, run_dir, int(tr.sum()), int(tu.sum()),
+                         train_seconds=round(train_s, 1), backend=keras.config.backend())
+
+
+def write_metrics(model, cache, cfg, target, run_dir: Path, n_train: int, n_tune: int, **extra) -> dict:
+    """Evaluate a run's model on tune and val (report_split) and write run_dir/metrics.json; `extra`
+    (how the model was made) goes in next to the config. Shared by training, ensembles and recalibration."""
     result = {
         "config": cfg.to_dict(),
+        **extra,
         "target": target,
-        "train_seconds": round(train_s, 1),
-        "backend": keras.config.backend(),
-        "params": int(best.count_params()),
-        "gmac": round(count_macs(best) / 1e9, 4),
-        "n_train": int(tr.sum()),
-        "n_tune": int(tu.sum()),
-        "tune": report_split(best, cache, cfg, target, "tune", run_dir),
+        "params": int(model.count_params()),
+        "gmac": round(count_macs(model) / 1e9, 4),
+        "n_train": n_train,
+        "n_tune": n_tune,
+        "tune": report_split(model, cache, cfg, target, "tune", run_dir),
         # A pre-training cache holds no val images (build_lowres_cache leaves them out).
-        "val": report_split(best, cache, cfg, target, "val", run_dir) if (cache["split"] == "val").any() else None,
+        "val": report_split(model, cache, cfg, target, "val", run_dir) if (cache["split"] == "val").any() else None,
     }
     (run_dir / "metrics.json").write_text(json.dumps(result, indent=2))
     return result
