@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 from pathlib import Path
 
 
@@ -29,6 +30,10 @@ def train_command(run: Path, conf: dict) -> str:
     flags += [f"--size {pp['input_size']}", f"--lr {conf['lr']:g}", f"--epochs {conf['epochs']}", f"--patience {conf['patience']}", f"--seed {conf['seed']}"]
     if conf.get("loss", "mse") != "mse":
         flags.append(f"--loss {conf['loss']}")
+    if conf.get("warmup_epochs"):
+        flags.append(f"--warmup-epochs {conf['warmup_epochs']:g}")
+    if conf.get("mix_per_batch"):
+        flags.append(f"--mix-cache {conf['mix_cache']} --mix-per-batch {conf['mix_per_batch']}")
     if conf.get("time_budget_s"):
         flags.append(f"--time-budget {conf['time_budget_s']:g}")
     if conf.get("init_from"):
@@ -58,7 +63,7 @@ def cache_commands(commands: list[str]) -> list[str]:
     """The commands that built the crop caches the training commands read (recorded in each cache)."""
     from edgeba.training.crops import cache_command
 
-    caches = dict.fromkeys(c.split("--cache ")[1].split()[0] for c in commands if "--cache " in c)
+    caches = dict.fromkeys(m for c in commands for m in re.findall(r"--(?:mix-)?cache (\S+)", c))
     return [(cache_command(Path(p)) if Path(p).is_file() else "") or f"# {p}: built by python -m edgeba.training.crops (command not recorded)"
             for p in caches]
 

@@ -141,3 +141,37 @@ def test_precise_bn_sets_moving_stats_to_the_mean_of_batch_stats():
     np.testing.assert_allclose(keras.ops.convert_to_numpy(bn.moving_mean), np.mean([b.mean(0) for b in batches], 0), rtol=1e-5)
     np.testing.assert_allclose(keras.ops.convert_to_numpy(bn.moving_variance), np.mean([b.var(0) for b in batches], 0), rtol=1e-4)
     assert bn.momentum == 0.99  # restored
+
+
+def test_mixed_batches_hold_both_pools_and_cover_the_main_one():
+    """--mix-per-batch: every batch holds k images of the second pool; an epoch is one pass over the main pool."""
+    from edgeba.training.regressor import CropBatches
+
+    cfg = RegressorConfig(preprocess=PreprocessConfig(input_size=16, segment=False), batch_size=8, mix_per_batch=3, augment=False)
+    main = (np.zeros((20, 16, 16), np.uint8), np.zeros(20, np.float32), np.arange(20, dtype=np.float32))
+    pool = (np.full((50, 16, 16), 255, np.uint8), np.ones(50, np.float32), 100 + np.arange(50, dtype=np.float32))
+    b = CropBatches(*main, cfg, True, mix=pool)
+    assert len(b) == 4  # ceil(20 / (8 - 3))
+    seen = []
+    for i in range(len(b)):
+        x, y = b[i]
+        from_pool = y[:, 0] >= 100
+        assert from_pool.sum() == 3 and (x["sex"][from_pool] == 1).all() and (x["sex"][~from_pool] == 0).all()
+        seen += list(y[~from_pool, 0])
+    assert sorted(seen) == list(range(20))
+    first = b[0][1][:, 0].copy()
+    b.on_epoch_end()
+    assert not np.array_equal(first, b[0][1][:, 0])  # a fresh draw every epoch
+    with pytest.raises(ValueError):
+        CropBatches(*main, RegressorConfig(batch_size=8, mix_per_batch=8), True, mix=pool)
+
+
+def test_lr_schedule_warms_up_then_decays():
+    from edgeba.training.regressor import lr_schedule
+
+    lr = lambda cfg, step: float(lr_schedule(cfg, 10)(step))  # noqa: E731
+    plain = RegressorConfig(lr=1e-3, epochs=5)
+    assert lr(plain, 0) == pytest.approx(1e-3) and lr(plain, 50) == pytest.approx(2e-5)
+    warm = RegressorConfig(lr=1e-3, epochs=5, warmup_epochs=1)
+    assert lr(warm, 0) == 0 and lr(warm, 5) == pytest.approx(5e-4) and lr(warm, 10) == pytest.approx(1e-3)
+    assert lr(warm, 50) == pytest.approx(2e-5)

@@ -41,6 +41,11 @@ class RegressorConfig:
     seed: int = 0
     time_budget_s: float = 0.0  # stop training after this many seconds (0 = no limit)
     loss: str = "mse"  # "mse" (the thesis), "huber" or "mae" (robust: see training_loss)
+    warmup_epochs: float = 0.0  # linear LR warm-up from 0 before the cosine decay (steadies a fine-tune's start)
+    # Mixed fine-tuning: every batch also holds `mix_per_batch` train images of a second cache (the
+    # low-res images at the same input size), so the 935 full-resolution images are not fitted alone.
+    mix_cache: str = ""
+    mix_per_batch: int = 0
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -57,25 +62,39 @@ def augment(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 
 class CropBatches(keras.utils.PyDataset):
-    """Batches of ({"image", "sex"}, target) with on-the-fly augmentation and the shared enhance stage."""
+    """Batches of ({"image", "sex"}, target) with on-the-fly augmentation and the shared enhance stage.
 
-    def __init__(self, crops, male, target, cfg: RegressorConfig, train: bool, **kw):
+    `mix` = (crops, male, target) of a second pool: each batch then holds cfg.mix_per_batch of its
+    images (a fresh random subset every epoch) next to batch_size - mix_per_batch of the main ones;
+    an epoch is still one pass over the main images."""
+
+    def __init__(self, crops, male, target, cfg: RegressorConfig, train: bool, mix=None, **kw):
         super().__init__(**kw)
-        self.crops, self.male, self.target, self.cfg, self.train = crops, male, target, cfg, train
+        self.cfg, self.train = cfg, train
+        self.k = cfg.mix_per_batch if mix is not None else 0
+        if not 0 <= self.k < cfg.batch_size:
+            raise ValueError(f"mix_per_batch must be in [0, {cfg.batch_size})")
+        # One pool: main images first, then the mix pool (its indices offset by n_main).
+        self.n_main = len(crops)
+        pools = [(crops, male, target)] + ([mix] if mix is not None else [])
+        self.crops, self.male, self.target = (np.concatenate([q[i] for q in pools]) for i in range(3))
         self.epoch = 0
-        self.order = np.arange(len(crops))
+        self.order, self.mix_order = np.arange(self.n_main), np.arange(self.n_main, len(self.crops))
         self.on_epoch_end()
 
     def __len__(self) -> int:
-        return math.ceil(len(self.crops) / self.cfg.batch_size)
+        return math.ceil(self.n_main / (self.cfg.batch_size - self.k))
 
     def on_epoch_end(self) -> None:
         if self.train:
             self.epoch += 1
-            self.order = np.random.default_rng([self.cfg.seed, self.epoch]).permutation(len(self.crops))
+            rng = np.random.default_rng([self.cfg.seed, self.epoch])
+            self.order = rng.permutation(self.n_main)
+            self.mix_order = self.n_main + rng.permutation(len(self.crops) - self.n_main)
 
     def __getitem__(self, i: int):
-        idx = self.order[i * self.cfg.batch_size : (i + 1) * self.cfg.batch_size]
+        m = self.cfg.batch_size - self.k
+        idx = np.concatenate([self.order[i * m : (i + 1) * m], self.mix_order[i * self.k : (i + 1) * self.k]]).astype(int)
         xs = []
         for j in idx:
             x = self.crops[j].astype(np.float32) / 255.0
@@ -112,6 +131,15 @@ def training_loss(name: str):
     if name not in losses:
         raise ValueError(f"unknown loss {name!r}: one of {sorted(losses)}")
     return losses[name]
+
+
+def lr_schedule(cfg: RegressorConfig, steps_per_epoch: int):
+    """Cosine decay over the run, after an optional linear warm-up from 0 (cfg.warmup_epochs)."""
+    warm = round(cfg.warmup_epochs * steps_per_epoch)
+    decay = steps_per_epoch * cfg.epochs - warm
+    if not warm:
+        return keras.optimizers.schedules.CosineDecay(cfg.lr, decay_steps=decay, alpha=0.02)
+    return keras.optimizers.schedules.CosineDecay(0.0, decay_steps=decay, alpha=0.02, warmup_target=cfg.lr, warmup_steps=warm)
 
 
 class TimeBudget(keras.callbacks.Callback):
@@ -160,13 +188,20 @@ def train(cache_path: Path, run_dir: Path, cfg: RegressorConfig, workers: int = 
     norm = (cache["age"] - target["mean"]) / target["std"]
     (run_dir / "config.json").write_text(json.dumps({**cfg.to_dict(), "target": target, "cache": str(cache_path), "init_from": str(init_from) if init_from else None, "backend": keras.config.backend()}, indent=2))
 
+    mix = None
+    if cfg.mix_per_batch:
+        mc = load_crop_cache(Path(cfg.mix_cache))
+        if any(mc["preprocess"][k] != getattr(cfg.preprocess, k) for k in geometry):
+            raise ValueError(f"mix cache was cropped with {mc['preprocess']}, config wants {cfg.preprocess.to_dict()}")
+        # Only its train ids: a low-res cache holds no val ids, and its tune ids stay unseen.
+        mt = mc["split"] == "train"
+        mix = (mc["crops"][mt], mc["male"][mt], (mc["age"][mt] - target["mean"]) / target["std"])
+
     model = build_regressor(cfg.variant, cfg.preprocess.input_size, cfg.sex_input, cfg.dropout)
     if init_from is not None:  # fine-tuning / annealing a finished run (e.g. on the CPU after a GPU run)
         model.set_weights(keras.models.load_model(init_from).get_weights())
-    steps = len(CropBatches(cache["crops"][tr], cache["male"][tr], norm[tr], cfg, True)) * cfg.epochs
-    schedule = keras.optimizers.schedules.CosineDecay(cfg.lr, decay_steps=steps, alpha=0.02)
-    model.compile(optimizer=keras.optimizers.Adam(schedule), loss=training_loss(cfg.loss), metrics=["mae"])
-    train_data = CropBatches(cache["crops"][tr], cache["male"][tr], norm[tr], cfg, True, workers=workers, use_multiprocessing=False, max_queue_size=8)
+    train_data = CropBatches(cache["crops"][tr], cache["male"][tr], norm[tr], cfg, True, mix=mix, workers=workers, use_multiprocessing=False, max_queue_size=8)
+    model.compile(optimizer=keras.optimizers.Adam(lr_schedule(cfg, len(train_data))), loss=training_loss(cfg.loss), metrics=["mae"])
     tune_data = (model_inputs(cache["crops"][tu], cache["male"][tu], cfg), norm[tu, None])
     callbacks = [
         keras.callbacks.BackupAndRestore(str(run_dir / "backup")),
@@ -226,12 +261,18 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--init-from", type=Path, help="start from this model's weights (fine-tune / anneal)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--loss", choices=("mse", "huber", "mae"), default="mse")
+    p.add_argument("--warmup-epochs", type=float, default=0.0, help="linear LR warm-up before the cosine decay")
+    p.add_argument("--mix-cache", default="", help="second crop cache (same geometry) mixed into every batch")
+    p.add_argument("--mix-per-batch", type=int, default=0, help="images per batch from --mix-cache")
     a = p.parse_args(argv)
+    if bool(a.mix_cache) != bool(a.mix_per_batch):
+        p.error("--mix-cache and --mix-per-batch go together")
     cfg = RegressorConfig(
         variant=a.variant,
         sex_input=not a.no_sex,
         preprocess=PreprocessConfig(input_size=a.size, enhance=not a.no_enhance, segment=not a.no_segment),
         epochs=a.epochs, lr=a.lr, patience=a.patience, time_budget_s=a.time_budget, seed=a.seed, loss=a.loss,
+        warmup_epochs=a.warmup_epochs, mix_cache=a.mix_cache, mix_per_batch=a.mix_per_batch,
     )
     result = train(a.cache, a.run_dir, cfg, workers=a.workers, init_from=a.init_from)
     print(json.dumps({"tune_mae": result["tune"]["plain"]["mae"]}))  # val is in metrics.json, for reporting only

@@ -1,0 +1,40 @@
+"""export/model_card.py: the commands a model card prints must rebuild the run, caches included."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _model_card():
+    spec = importlib.util.spec_from_file_location("model_card", ROOT / "export" / "model_card.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_provenance_replays_a_mixed_fine_tune_and_names_both_caches(tmp_path):
+    from edgeba.preprocess import PreprocessConfig
+    from edgeba.training.regressor import RegressorConfig
+
+    mc = _model_card()
+    pre, ft = tmp_path / "pre", tmp_path / "ft"
+    for d in (pre, ft):
+        d.mkdir()
+    base = RegressorConfig(preprocess=PreprocessConfig(segment=False)).to_dict()
+    (pre / "config.json").write_text(json.dumps({**base, "cache": "cache/lowres.npz", "init_from": None, "backend": "jax"}))
+    ft_conf = {**base, "cache": "cache/full.npz", "init_from": str(pre / "regressor.keras"), "backend": "tensorflow",
+               "warmup_epochs": 1.0, "mix_cache": "cache/mix.npz", "mix_per_batch": 8, "epochs": 10, "lr": 2e-4}
+    (ft / "config.json").write_text(json.dumps(ft_conf))
+    commands = mc.provenance(ft)
+    assert len(commands) == 2 and "--cache cache/lowres.npz" in commands[0]
+    last = commands[1]
+    for flag in ("--cache cache/full.npz", f"--init-from {pre / 'regressor.keras'}", "--warmup-epochs 1",
+                 "--mix-cache cache/mix.npz --mix-per-batch 8", "--epochs 10", "--lr 0.0002", "--no-segment"):
+        assert flag in last, flag
+    builds = mc.cache_commands(commands)
+    assert len(builds) == 3 and all("not recorded" in b for b in builds)  # the caches are not on disk here
+    assert [b.split(":")[0] for b in builds] == ["# cache/lowres.npz", "# cache/full.npz", "# cache/mix.npz"]
