@@ -4,6 +4,10 @@ thesis: each block Conv3x3(ELU) -> Conv1x1(ELU) -> BatchNorm -> MaxPool (the fai
         No INT8 toolchain quantizes ELU, and a BatchNorm after the activation cannot fold into the conv.
 relu:   each block Conv3x3 -> BN -> ReLU -> Conv1x1 -> BN -> ReLU -> MaxPool, same widths: BN folds
         into the convs and every op has an INT8 kernel.
+relu_blur: relu with anti-aliased pooling (Zhang 2019, "Making convolutional networks shift-invariant
+        again"): MaxPool 2x2 at stride 1, then a fixed 3x3 binomial blur at stride 2 (a depthwise conv
+        with frozen weights: INT8 everywhere). Aimed at the one-view noise that test-time augmentation
+        averages away (a MaxPool at stride 2 aliases: a one-pixel shift can change its output).
 Both: then Conv 64 -> BN -> MaxPool, Dropout, GlobalAveragePooling, and a head that optionally
 takes the patient's sex (input "sex", 1 = male, 0 = female).
 """
@@ -15,7 +19,19 @@ import numpy as np
 from keras import layers
 
 WIDTHS = (32, 64, 128, 128, 256, 384)
-VARIANTS = ("thesis", "relu")
+VARIANTS = ("thesis", "relu", "relu_blur")
+BLUR = np.outer([1, 2, 1], [1, 2, 1]).astype(np.float32) / 16  # binomial low-pass, sums to 1
+
+
+def _pool(x, variant: str, name: str):
+    if variant != "relu_blur":
+        return layers.MaxPooling2D(2, name=name)(x)
+    x = layers.MaxPooling2D(2, strides=1, padding="same", name=name)(x)
+    channels = x.shape[-1]
+    kernel = np.repeat(BLUR[:, :, None, None], channels, axis=2)  # (3, 3, C, 1)
+    blur = layers.DepthwiseConv2D(3, strides=2, padding="same", use_bias=False, trainable=False,
+                                  depthwise_initializer=keras.initializers.Constant(kernel), name=f"{name}_blur")
+    return blur(x)
 
 
 def _block(x, filters: int, variant: str, name: str):
@@ -28,7 +44,7 @@ def _block(x, filters: int, variant: str, name: str):
             x = layers.Conv2D(filters, k, padding="same", use_bias=False, name=f"{name}_conv{k}")(x)
             x = layers.BatchNormalization(name=f"{name}_bn{k}")(x)
             x = layers.ReLU(name=f"{name}_relu{k}")(x)
-    return layers.MaxPooling2D(2, name=f"{name}_pool")(x)
+    return _pool(x, variant, f"{name}_pool")
 
 
 def build_regressor(variant: str = "relu", input_size: int = 256, sex_input: bool = True, dropout: float = 0.3) -> keras.Model:
@@ -46,7 +62,7 @@ def build_regressor(variant: str = "relu", input_size: int = 256, sex_input: boo
         x = layers.Conv2D(64, 3, padding="same", use_bias=False, name="top_conv")(x)
         x = layers.BatchNormalization(name="top_bn")(x)
         x = layers.ReLU(name="top_relu")(x)
-    x = layers.MaxPooling2D(2, name="top_pool")(x)
+    x = _pool(x, variant, "top_pool")
     x = layers.Dropout(dropout, name="dropout")(x)
     x = layers.GlobalAveragePooling2D(name="gap")(x)
     inputs = [image]
@@ -58,6 +74,21 @@ def build_regressor(variant: str = "relu", input_size: int = 256, sex_input: boo
         x = layers.Dense(32, activation="relu", name="head")(x)
     out = layers.Dense(1, name="age")(x)
     return keras.Model(inputs, out, name=f"regressor_{variant}")
+
+
+def copy_weights(src: keras.Model, dst: keras.Model) -> None:
+    """Load src's weights into dst by layer name (e.g. relu weights into relu_blur). Every src layer
+    with weights must exist in dst with the same shapes; dst layers absent from src must be frozen
+    (the blur), so nothing trainable is silently left at its initialisation."""
+    by_name = {layer.name: layer for layer in dst.layers}
+    done = set()
+    for layer in src.layers:
+        if layer.weights:
+            by_name[layer.name].set_weights(layer.get_weights())
+            done.add(layer.name)
+    left = [layer.name for layer in dst.layers if layer.trainable_weights and layer.name not in done]
+    if left:
+        raise ValueError(f"no source weights for trainable layers {left}")
 
 
 def average_regressors(members: list[keras.Model], targets: list[dict] | None = None) -> keras.Model:

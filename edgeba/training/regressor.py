@@ -22,12 +22,12 @@ import numpy as np
 from edgeba import dataset, metrics
 from edgeba.preprocess import TTA_VIEWS, PreprocessConfig, affine, enhance_stage, tta_view
 from edgeba.training.crops import load_crop_cache
-from edgeba.training.nets import build_regressor, count_macs
+from edgeba.training.nets import VARIANTS, build_regressor, copy_weights, count_macs
 
 
 @dataclass
 class RegressorConfig:
-    variant: str = "relu"  # "relu" (INT8-friendly) or "thesis" (ELU, faithful baseline)
+    variant: str = "relu"  # "relu" (INT8-friendly), "relu_blur" (anti-aliased pooling) or "thesis" (ELU, faithful baseline)
     sex_input: bool = True
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
     epochs: int = 120
@@ -199,7 +199,7 @@ def train(cache_path: Path, run_dir: Path, cfg: RegressorConfig, workers: int = 
 
     model = build_regressor(cfg.variant, cfg.preprocess.input_size, cfg.sex_input, cfg.dropout)
     if init_from is not None:  # fine-tuning / annealing a finished run (e.g. on the CPU after a GPU run)
-        model.set_weights(keras.models.load_model(init_from).get_weights())
+        copy_weights(keras.models.load_model(init_from), model)
     train_data = CropBatches(cache["crops"][tr], cache["male"][tr], norm[tr], cfg, True, mix=mix, workers=workers, use_multiprocessing=False, max_queue_size=8)
     model.compile(optimizer=keras.optimizers.Adam(lr_schedule(cfg, len(train_data))), loss=training_loss(cfg.loss), metrics=["mae"])
     tune_data = (model_inputs(cache["crops"][tu], cache["male"][tu], cfg), norm[tu, None])
@@ -248,7 +248,7 @@ def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description="Train the bone-age regressor from a crop cache.")
     p.add_argument("--cache", type=Path, required=True, help="npz from edgeba.training.crops.build_crop_cache")
     p.add_argument("--run-dir", type=Path, required=True)
-    p.add_argument("--variant", choices=("relu", "thesis"), default="relu")
+    p.add_argument("--variant", choices=VARIANTS, default="relu")
     p.add_argument("--no-sex", action="store_true", help="ablation: no sex input")
     p.add_argument("--no-enhance", action="store_true", help="ablation: no edge enhancement")
     p.add_argument("--no-segment", action="store_true", help="ablation: plain letterbox of the whole image (needs a matching cache)")
