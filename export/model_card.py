@@ -34,6 +34,8 @@ def train_command(run: Path, conf: dict) -> str:
         flags.append(f"--warmup-epochs {conf['warmup_epochs']:g}")
     if conf.get("mix_per_batch"):
         flags.append(f"--mix-cache {conf['mix_cache']} --mix-per-batch {conf['mix_per_batch']}")
+    if conf.get("soft_weight"):
+        flags.append(f"--soft-targets {conf['soft_targets']} --soft-weight {conf['soft_weight']:g}")
     if conf.get("time_budget_s"):
         flags.append(f"--time-budget {conf['time_budget_s']:g}")
     if conf.get("init_from"):

@@ -175,3 +175,19 @@ def test_lr_schedule_warms_up_then_decays():
     warm = RegressorConfig(lr=1e-3, epochs=5, warmup_epochs=1)
     assert lr(warm, 0) == 0 and lr(warm, 5) == pytest.approx(5e-4) and lr(warm, 10) == pytest.approx(1e-3)
     assert lr(warm, 50) == pytest.approx(2e-5)
+
+
+def test_soft_targets_move_only_the_fitted_rows(tmp_path):
+    """--soft-targets/--soft-weight (distillation): fitted rows move toward the teacher, others keep the truth."""
+    from edgeba.training.regressor import blend_soft_targets
+
+    ids = np.array(["a", "b", "c"])
+    months = np.array([100.0, 50.0, 10.0], np.float32)
+    fit = np.array([True, True, False])
+    f = tmp_path / "teacher.csv"
+    f.write_text("id,boneage_months,male,predicted_months\na,100,1,120\nb,50,0,40\n")
+    out = blend_soft_targets(months, ids, fit, f, 0.25)
+    np.testing.assert_allclose(out, [105.0, 47.5, 10.0])
+    assert out.dtype == months.dtype and months[0] == 100.0  # the cache's labels are not modified
+    with pytest.raises(ValueError, match="no prediction for 1"):
+        blend_soft_targets(months, ids, np.ones(3, bool), f, 0.5)

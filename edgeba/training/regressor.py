@@ -46,6 +46,9 @@ class RegressorConfig:
     # low-res images at the same input size), so the 935 full-resolution images are not fitted alone.
     mix_cache: str = ""
     mix_per_batch: int = 0
+    # Distillation: fit (1 - soft_weight) * label + soft_weight * teacher months (train/teacher.py's CSV).
+    soft_targets: str = ""
+    soft_weight: float = 0.0
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -152,6 +155,19 @@ class TimeBudget(keras.callbacks.Callback):
             self.model.stop_training = True
 
 
+def blend_soft_targets(months: np.ndarray, ids: np.ndarray, fit: np.ndarray, csv_path: Path, weight: float) -> np.ndarray:
+    """months with the `fit` rows moved `weight` of the way to the teacher's prediction (every fit id must
+    have one); other rows (tune, val) keep their labels, so selection and reporting stay on the truth."""
+    with open(csv_path, newline="") as f:
+        teacher = {r["id"]: float(r["predicted_months"]) for r in csv.DictReader(f)}
+    missing = [str(i) for i in ids[fit] if str(i) not in teacher]
+    if missing:
+        raise ValueError(f"{csv_path} has no prediction for {len(missing)} fitted images, e.g. {missing[:3]}")
+    out = months.copy()
+    out[fit] = [(1 - weight) * m + weight * teacher[str(i)] for m, i in zip(months[fit], ids[fit])]
+    return out
+
+
 def report_split(model, cache, cfg, target, split, run_dir: Path) -> dict:
     """Metrics of one split (plain, and TTA if cfg.report_tta); writes run_dir/predictions_<split>[_tta].csv."""
     sel = cache["split"] == split
@@ -185,7 +201,10 @@ def train(cache_path: Path, run_dir: Path, cfg: RegressorConfig, workers: int = 
     ok = cache["mask_ok"] if cfg.qc_only else np.ones(len(cache["ids"]), bool)
     tr, tu = (cache["split"] == "train") & ok, (cache["split"] == "tune") & ok
     target = {"mean": float(cache["age"][tr].mean()), "std": float(cache["age"][tr].std())}
-    norm = (cache["age"] - target["mean"]) / target["std"]
+    fit_months = cache["age"]
+    if cfg.soft_weight:
+        fit_months = blend_soft_targets(fit_months, cache["ids"], tr, Path(cfg.soft_targets), cfg.soft_weight)
+    norm = (fit_months - target["mean"]) / target["std"]
     (run_dir / "config.json").write_text(json.dumps({**cfg.to_dict(), "target": target, "cache": str(cache_path), "init_from": str(init_from) if init_from else None, "backend": keras.config.backend()}, indent=2))
 
     mix = None
@@ -264,15 +283,20 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--warmup-epochs", type=float, default=0.0, help="linear LR warm-up before the cosine decay")
     p.add_argument("--mix-cache", default="", help="second crop cache (same geometry) mixed into every batch")
     p.add_argument("--mix-per-batch", type=int, default=0, help="images per batch from --mix-cache")
+    p.add_argument("--soft-targets", default="", help="teacher predictions on train (train/teacher.py) for distillation")
+    p.add_argument("--soft-weight", type=float, default=0.0, help="weight of the teacher in the fitted target")
     a = p.parse_args(argv)
     if bool(a.mix_cache) != bool(a.mix_per_batch):
         p.error("--mix-cache and --mix-per-batch go together")
+    if bool(a.soft_targets) != bool(a.soft_weight):
+        p.error("--soft-targets and --soft-weight go together")
     cfg = RegressorConfig(
         variant=a.variant,
         sex_input=not a.no_sex,
         preprocess=PreprocessConfig(input_size=a.size, enhance=not a.no_enhance, segment=not a.no_segment),
         epochs=a.epochs, lr=a.lr, patience=a.patience, time_budget_s=a.time_budget, seed=a.seed, loss=a.loss,
         warmup_epochs=a.warmup_epochs, mix_cache=a.mix_cache, mix_per_batch=a.mix_per_batch,
+        soft_targets=a.soft_targets, soft_weight=a.soft_weight,
     )
     result = train(a.cache, a.run_dir, cfg, workers=a.workers, init_from=a.init_from)
     print(json.dumps({"tune_mae": result["tune"]["plain"]["mae"]}))  # val is in metrics.json, for reporting only
