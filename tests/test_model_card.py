@@ -2,25 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _model_card():
-    spec = importlib.util.spec_from_file_location("model_card", ROOT / "export" / "model_card.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+from scripts import load_script
 
 
 def test_provenance_replays_a_mixed_fine_tune_and_names_both_caches(tmp_path):
     from edgeba.preprocess import PreprocessConfig
     from edgeba.training.regressor import RegressorConfig
 
-    mc = _model_card()
+    mc = load_script("export/model_card.py")
     pre, ft = tmp_path / "pre", tmp_path / "ft"
     for d in (pre, ft):
         d.mkdir()

@@ -5,9 +5,7 @@ and train/ensemble.py turns finished runs into one model (weight average, output
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,16 +17,9 @@ import keras  # noqa: E402
 from edgeba.preprocess import PreprocessConfig  # noqa: E402
 from edgeba.training.crops import load_crop_cache, write_crop_cache  # noqa: E402
 from edgeba.training.regressor import RegressorConfig, train  # noqa: E402
+from scripts import load_script  # noqa: E402
 
 SIZE = 128
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _ensemble_script():
-    spec = importlib.util.spec_from_file_location("ensemble_script", ROOT / "train" / "ensemble.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +67,7 @@ def test_run_writes_what_it_promises(run):
 
 def test_weight_average_and_self_ensemble(run):
     tmp, cache, result = run
-    ens = _ensemble_script()
+    ens = load_script("train/ensemble.py")
     wa = ens.main(["--cache", str(cache), "--members", str(tmp / "run"), "--average-weights", "--last", "2", "--run-dir", str(tmp / "wa")])
     assert len(wa["averaged"]) == 2 and wa["combine"] == "average-weights" and np.isfinite(wa["val"]["plain"]["mae"])
     # An ensemble of a run with itself is the run: same predictions, twice the compute.
@@ -129,9 +120,7 @@ def test_training_losses():
 
 
 def test_precise_bn_sets_moving_stats_to_the_mean_of_batch_stats():
-    spec = importlib.util.spec_from_file_location("precise_bn_script", ROOT / "train" / "precise_bn.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = load_script("train/precise_bn.py")
     inp = keras.Input((3,), name="x")
     bn = keras.layers.BatchNormalization(momentum=0.99)
     model = keras.Model(inp, bn(inp))
