@@ -180,3 +180,15 @@ def test_soft_targets_move_only_the_fitted_rows(tmp_path):
     assert out.dtype == months.dtype and months[0] == 100.0  # the cache's labels are not modified
     with pytest.raises(ValueError, match="no prediction for 1"):
         blend_soft_targets(months, ids, np.ones(3, bool), f, 0.5)
+
+
+def test_config_round_trips_through_a_run_config_and_geometry_is_checked():
+    from edgeba.training.regressor import check_geometry
+
+    cfg = RegressorConfig(variant="relu_blur", preprocess=PreprocessConfig(input_size=192, segment=False), mix_per_batch=8, loss="huber")
+    assert RegressorConfig.from_dict({**cfg.to_dict(), "target": {"mean": 1.0, "std": 2.0}, "cache": "c.npz"}) == cfg
+    cache = {"preprocess": PreprocessConfig(input_size=192, segment=False).to_dict()}
+    check_geometry(cache, cfg.preprocess, "cache")
+    for other in (PreprocessConfig(input_size=256, segment=False), PreprocessConfig(input_size=192, segment=False, margin=0.1)):
+        with pytest.raises(ValueError, match="cache was cropped with"):
+            check_geometry(cache, other, "cache")

@@ -19,11 +19,9 @@ import sys
 from pathlib import Path
 
 import keras
-import numpy as np
 
-from edgeba.preprocess import PreprocessConfig
 from edgeba.training.crops import load_crop_cache
-from edgeba.training.regressor import RegressorConfig, model_inputs, write_metrics
+from edgeba.training.regressor import RegressorConfig, check_geometry, model_inputs, write_metrics
 
 
 def precise_bn(model: keras.Model, inputs: dict, batch_size: int = 32) -> int:
@@ -51,10 +49,9 @@ def main(argv=None) -> dict:
     a = p.parse_args(argv)
 
     conf = json.loads((a.source / "config.json").read_text())
-    cfg = RegressorConfig(variant=conf["variant"], sex_input=conf["sex_input"], preprocess=PreprocessConfig.from_dict(conf["preprocess"]))
+    cfg = RegressorConfig.from_dict(conf)
     cache = load_crop_cache(a.cache)
-    if cache["preprocess"]["input_size"] != cfg.preprocess.input_size or cache["preprocess"]["segment"] != cfg.preprocess.segment:
-        raise SystemExit(f"{a.cache} was cropped with {cache['preprocess']}, the run wants {cfg.preprocess.to_dict()}")
+    check_geometry(cache, cfg.preprocess, str(a.cache))
     # The images the run was fitted on: train split, QC-passing masks (as regressor.train does).
     fit = (cache["split"] == "train") & (cache["mask_ok"] if conf.get("qc_only", True) else True)
     model = keras.models.load_model(a.source / "regressor.keras")

@@ -11,16 +11,14 @@ The members must share the cache's preprocessing. Only train images are predicte
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 from pathlib import Path
 
 import keras
 import numpy as np
 
-from edgeba.preprocess import PreprocessConfig
 from edgeba.training.crops import load_crop_cache
-from edgeba.training.regressor import RegressorConfig, predict_months
+from edgeba.training.regressor import RegressorConfig, check_geometry, predict_months, write_predictions
 
 
 def main(argv=None) -> None:
@@ -34,17 +32,14 @@ def main(argv=None) -> None:
     preds = []
     for run in a.members:
         conf = json.loads((run / "config.json").read_text())
-        cfg = RegressorConfig(sex_input=conf["sex_input"], preprocess=PreprocessConfig.from_dict(conf["preprocess"]))
+        cfg = RegressorConfig.from_dict(conf)
+        check_geometry(cache, cfg.preprocess, str(a.cache))
         model = keras.models.load_model(run / "regressor.keras")
         preds.append(predict_months(model, cache["crops"][tr], cache["male"][tr], cfg, conf["target"], tta=True))
         print(f"{run.name}: train MAE {np.abs(preds[-1] - cache['age'][tr]).mean():.2f}", flush=True)
     mean = np.mean(preds, axis=0)
     a.out.parent.mkdir(parents=True, exist_ok=True)
-    with open(a.out, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["id", "boneage_months", "male", "predicted_months"])
-        for row in zip(cache["ids"][tr], cache["age"][tr], cache["male"][tr].astype(int), np.round(mean, 2)):
-            w.writerow(row)
+    write_predictions(a.out, cache, tr, mean)
     print(f"teacher: train MAE {np.abs(mean - cache['age'][tr]).mean():.2f} over {int(tr.sum())} images -> {a.out}")
 
 

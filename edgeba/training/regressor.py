@@ -13,7 +13,7 @@ import csv
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import keras
@@ -54,6 +54,23 @@ class RegressorConfig:
         d = asdict(self)
         d["preprocess"] = self.preprocess.to_dict()
         return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "RegressorConfig":
+        """The config of a run's config.json (its other keys, e.g. target and cache, are ignored)."""
+        names = {f.name for f in fields(cls)}
+        kw = {k: v for k, v in d.items() if k in names}
+        kw["preprocess"] = PreprocessConfig.from_dict(d["preprocess"])
+        return cls(**kw)
+
+
+# The preprocessing fields a crop cache fixes (the rest, e.g. enhance, runs on the fly at training time).
+GEOMETRY = ("input_size", "segment", "margin")
+
+
+def check_geometry(cache: dict, cfg: PreprocessConfig, name: str) -> None:
+    if any(cache["preprocess"][k] != getattr(cfg, k) for k in GEOMETRY):
+        raise ValueError(f"{name} was cropped with {cache['preprocess']}, config wants {cfg.to_dict()}")
 
 
 def augment(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -97,7 +114,7 @@ class CropBatches(keras.utils.PyDataset):
 
     def __getitem__(self, i: int):
         m = self.cfg.batch_size - self.k
-        idx = np.concatenate([self.order[i * m : (i + 1) * m], self.mix_order[i * self.k : (i + 1) * self.k]]).astype(int)
+        idx = np.concatenate([self.order[i * m : (i + 1) * m], self.mix_order[i * self.k : (i + 1) * self.k]])
         xs = []
         for j in idx:
             x = self.crops[j].astype(np.float32) / 255.0
@@ -181,21 +198,34 @@ def report_split(model, cache, cfg, target, split, run_dir: Path) -> dict:
         m["mae_by_sex"] = {("male" if k else "female"): v for k, v in metrics.mae_by_group(true, pred, cache["male"][sel].astype(int)).items()}
         m["mae_by_age_band"] = {dataset.AGE_BAND_NAMES[k]: v for k, v in metrics.mae_by_group(true, pred, [dataset.age_bin(a) for a in true]).items()}
         out["tta" if tta else "plain"] = m
-        with open(run_dir / f"predictions_{split}{'_tta' if tta else ''}.csv", "w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(["id", "boneage_months", "male", "predicted_months"])
-            for row in zip(cache["ids"][sel], true, cache["male"][sel].astype(int), np.round(pred, 2)):
-                w.writerow(row)
+        write_predictions(run_dir / f"predictions_{split}{'_tta' if tta else ''}.csv", cache, sel, pred)
     return out
+
+
+def write_predictions(path: Path, cache: dict, sel: np.ndarray, pred: np.ndarray) -> None:
+    """id,boneage_months,male,predicted_months of the cache rows `sel` (a run's predictions_<split>.csv;
+    blend_soft_targets reads the same format)."""
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["id", "boneage_months", "male", "predicted_months"])
+        for row in zip(cache["ids"][sel], cache["age"][sel], cache["male"][sel].astype(int), np.round(pred, 2)):
+            w.writerow(row)
+
+
+def load_mix_pool(cfg: RegressorConfig, target: dict) -> tuple:
+    """(crops, male, normalised target) of the mix cache's train images, for CropBatches(mix=...).
+    Only its train ids: a low-res cache holds no val ids, and its tune ids stay unseen."""
+    mc = load_crop_cache(Path(cfg.mix_cache))
+    check_geometry(mc, cfg.preprocess, "mix cache")
+    mt = mc["split"] == "train"
+    return mc["crops"][mt], mc["male"][mt], (mc["age"][mt] - target["mean"]) / target["std"]
 
 
 def train(cache_path: Path, run_dir: Path, cfg: RegressorConfig, workers: int = 2, init_from: Path | None = None) -> dict:
     keras.utils.set_random_seed(cfg.seed)
     run_dir.mkdir(parents=True, exist_ok=True)
     cache = load_crop_cache(cache_path)
-    geometry = ("input_size", "segment", "margin")
-    if any(cache["preprocess"][k] != getattr(cfg.preprocess, k) for k in geometry):
-        raise ValueError(f"cache was cropped with {cache['preprocess']}, config wants {cfg.preprocess.to_dict()}")
+    check_geometry(cache, cfg.preprocess, "cache")
     # Fit and select only on crops whose mask passed QC: at inference a failed mask is refused,
     # so a regressor never needs to learn from one. Val is reported on every image.
     ok = cache["mask_ok"] if cfg.qc_only else np.ones(len(cache["ids"]), bool)
@@ -207,15 +237,7 @@ def train(cache_path: Path, run_dir: Path, cfg: RegressorConfig, workers: int = 
     norm = (fit_months - target["mean"]) / target["std"]
     (run_dir / "config.json").write_text(json.dumps({**cfg.to_dict(), "target": target, "cache": str(cache_path), "init_from": str(init_from) if init_from else None, "backend": keras.config.backend()}, indent=2))
 
-    mix = None
-    if cfg.mix_per_batch:
-        mc = load_crop_cache(Path(cfg.mix_cache))
-        if any(mc["preprocess"][k] != getattr(cfg.preprocess, k) for k in geometry):
-            raise ValueError(f"mix cache was cropped with {mc['preprocess']}, config wants {cfg.preprocess.to_dict()}")
-        # Only its train ids: a low-res cache holds no val ids, and its tune ids stay unseen.
-        mt = mc["split"] == "train"
-        mix = (mc["crops"][mt], mc["male"][mt], (mc["age"][mt] - target["mean"]) / target["std"])
-
+    mix = load_mix_pool(cfg, target) if cfg.mix_per_batch else None
     model = build_regressor(cfg.variant, cfg.preprocess.input_size, cfg.sex_input, cfg.dropout)
     if init_from is not None:  # fine-tuning / annealing a finished run (e.g. on the CPU after a GPU run)
         copy_weights(keras.models.load_model(init_from), model)
