@@ -2,7 +2,8 @@
 
 Runs on any Keras 3 backend: TensorFlow on the CPU here, JAX on a GPU machine.
 Splits: fit on `train`, choose the epoch (early stopping / best checkpoint) on `tune`,
-report on `val` only at the end.
+report on `val` only at the end. A final fit (`--fit-tune`) refits a recipe already chosen on tune on
+train + tune, for its fixed number of epochs, and keeps the last epoch: nothing is selected.
 Resumable: rerunning the same command continues from the last finished epoch.
 """
 
@@ -49,6 +50,9 @@ class RegressorConfig:
     # Distillation: fit (1 - soft_weight) * label + soft_weight * teacher months (train/teacher.py's CSV).
     soft_targets: str = ""
     soft_weight: float = 0.0
+    # Final fit: also fit the tune images (the recipe was chosen on tune before); no epoch selection,
+    # the last epoch is kept, and tune metrics are in-sample (metrics.json says so).
+    fit_tune: bool = False
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -229,7 +233,9 @@ def train(cache_path: Path, run_dir: Path, cfg: RegressorConfig, workers: int = 
     # Fit and select only on crops whose mask passed QC: at inference a failed mask is refused,
     # so a regressor never needs to learn from one. Val is reported on every image.
     ok = cache["mask_ok"] if cfg.qc_only else np.ones(len(cache["ids"]), bool)
-    tr, tu = (cache["split"] == "train") & ok, (cache["split"] == "tune") & ok
+    fit_splits = ("train", "tune") if cfg.fit_tune else ("train",)
+    tr = np.isin(cache["split"], fit_splits) & ok
+    tu = (cache["split"] == "tune") & ok & ~tr
     target = {"mean": float(cache["age"][tr].mean()), "std": float(cache["age"][tr].std())}
     fit_months = cache["age"]
     if cfg.soft_weight:
@@ -243,27 +249,28 @@ def train(cache_path: Path, run_dir: Path, cfg: RegressorConfig, workers: int = 
         copy_weights(keras.models.load_model(init_from), model)
     train_data = CropBatches(cache["crops"][tr], cache["male"][tr], norm[tr], cfg, True, mix=mix, workers=workers, use_multiprocessing=False, max_queue_size=8)
     model.compile(optimizer=keras.optimizers.Adam(lr_schedule(cfg, len(train_data))), loss=training_loss(cfg.loss), metrics=["mae"])
-    tune_data = (model_inputs(cache["crops"][tu], cache["male"][tu], cfg), norm[tu, None])
+    tune_data = (model_inputs(cache["crops"][tu], cache["male"][tu], cfg), norm[tu, None]) if tu.any() else None
     callbacks = [
         keras.callbacks.BackupAndRestore(str(run_dir / "backup")),
         keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=True),
-        keras.callbacks.ModelCheckpoint(str(run_dir / "best.keras"), monitor="val_mae", save_best_only=True),
         # Every epoch's weights, for weight averaging along the low-LR tail (train/ensemble.py --average-weights).
         keras.callbacks.ModelCheckpoint(str(run_dir / "snapshots" / "epoch{epoch:03d}.weights.h5"), save_weights_only=True),
-        keras.callbacks.EarlyStopping(monitor="val_mae", patience=cfg.patience),
         TimeBudget(cfg.time_budget_s),
     ]
+    if tune_data is not None:  # select the epoch on tune
+        callbacks += [keras.callbacks.ModelCheckpoint(str(run_dir / "best.keras"), monitor="val_mae", save_best_only=True),
+                      keras.callbacks.EarlyStopping(monitor="val_mae", patience=cfg.patience)]
     t0 = time.time()
     model.fit(train_data, validation_data=tune_data, epochs=cfg.epochs, callbacks=callbacks, verbose=2)
     train_s = time.time() - t0
 
-    best = keras.models.load_model(run_dir / "best.keras")
+    best = keras.models.load_model(run_dir / "best.keras") if tune_data is not None else model
     # Ship the weights without optimizer state (a third of the size): an uncompiled twin.
     shipped = build_regressor(cfg.variant, cfg.preprocess.input_size, cfg.sex_input, cfg.dropout)
     shipped.set_weights(best.get_weights())
     shipped.save(run_dir / "regressor.keras")
     return write_metrics(best, cache, cfg, target, run_dir, int(tr.sum()), int(tu.sum()),
-                         train_seconds=round(train_s, 1), backend=keras.config.backend())
+                         train_seconds=round(train_s, 1), backend=keras.config.backend(), fit_splits=list(fit_splits))
 
 
 def write_metrics(model, cache, cfg, target, run_dir: Path, n_train: int, n_tune: int, **extra) -> dict:
@@ -307,6 +314,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--mix-per-batch", type=int, default=0, help="images per batch from --mix-cache")
     p.add_argument("--soft-targets", default="", help="teacher predictions on train (train/teacher.py) for distillation")
     p.add_argument("--soft-weight", type=float, default=0.0, help="weight of the teacher in the fitted target")
+    p.add_argument("--fit-tune", action="store_true", help="final fit: train + tune, fixed epochs, keep the last (tune metrics become in-sample)")
     a = p.parse_args(argv)
     if bool(a.mix_cache) != bool(a.mix_per_batch):
         p.error("--mix-cache and --mix-per-batch go together")
@@ -318,10 +326,11 @@ def main(argv: list[str] | None = None) -> dict:
         preprocess=PreprocessConfig(input_size=a.size, enhance=not a.no_enhance, segment=not a.no_segment),
         epochs=a.epochs, lr=a.lr, patience=a.patience, time_budget_s=a.time_budget, seed=a.seed, loss=a.loss,
         warmup_epochs=a.warmup_epochs, mix_cache=a.mix_cache, mix_per_batch=a.mix_per_batch,
-        soft_targets=a.soft_targets, soft_weight=a.soft_weight,
+        soft_targets=a.soft_targets, soft_weight=a.soft_weight, fit_tune=a.fit_tune,
     )
     result = train(a.cache, a.run_dir, cfg, workers=a.workers, init_from=a.init_from)
-    print(json.dumps({"tune_mae": result["tune"]["plain"]["mae"]}))  # val is in metrics.json, for reporting only
+    # val is in metrics.json, for reporting only; after a final fit the tune number is in-sample
+    print(json.dumps({("fitted_tune_mae" if cfg.fit_tune else "tune_mae"): result["tune"]["plain"]["mae"]}))
     return result
 
 
