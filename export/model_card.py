@@ -36,6 +36,8 @@ def train_command(run: Path, conf: dict) -> str:
         flags.append(f"--mix-cache {conf['mix_cache']} --mix-per-batch {conf['mix_per_batch']}")
     if conf.get("soft_weight"):
         flags.append(f"--soft-targets {conf['soft_targets']} --soft-weight {conf['soft_weight']:g}")
+    if conf.get("fit_tune"):
+        flags.append("--fit-tune")
     if conf.get("time_budget_s"):
         flags.append(f"--time-budget {conf['time_budget_s']:g}")
     if conf.get("init_from"):
@@ -109,9 +111,13 @@ def card(model_dir: Path, reg_run: Path, unet_run: Path) -> str:
         "",
         "## Data and split",
         "RSNA training split, 1,338 full-hand images, fixed stratified split `edgeba/data/rsna_split.csv`",
-        f"(train 935 / tune 134 / val 269). Regressor fitted on train images (up to {rm['n_train']}: see each command",
-        f"below), epochs chosen on {rm['n_tune']} tune images; the model was chosen among candidates on tune",
-        "(`train/runs/regressor/SHIPPED.md`). Val was used for nothing but these numbers.",
+        *(["(train 935 / tune 134 / val 269). The recipe was chosen among candidates on tune",
+           f"(`train/runs/regressor/SHIPPED.md`), then refitted on train + tune ({rm['n_train']} images) for its fixed",
+           "number of epochs, keeping the last (a final fit: nothing selected). Val was used for nothing but these numbers."]
+          if "tune" in rm.get("fit_splits", ["train"]) else
+          [f"(train 935 / tune 134 / val 269). Regressor fitted on train images (up to {rm['n_train']}: see each command",
+           f"below), epochs chosen on {rm['n_tune']} tune images; the model was chosen among candidates on tune",
+           "(`train/runs/regressor/SHIPPED.md`). Val was used for nothing but these numbers."]),
         *(["Pre-training: the 12,611 low-resolution (100x100, squashed) RSNA images minus the 269 val ids (their",
            "low-res copies would leak val); tune ids only monitor."
            + (" Each was first narrowed to the train originals' median width/height (0.79)." if unsquashed else "")]

@@ -29,3 +29,21 @@ def test_provenance_replays_a_mixed_fine_tune_and_names_both_caches(tmp_path):
     builds = mc.cache_commands(commands)
     assert len(builds) == 3 and all("not recorded" in b for b in builds)  # the caches are not on disk here
     assert [b.split(":")[0] for b in builds] == ["# cache/lowres.npz", "# cache/full.npz", "# cache/mix.npz"]
+
+
+def test_replayed_command_parses_back_to_the_run_config():
+    """train_command is the inverse of the trainer's command line: every non-default setting survives."""
+    import shlex
+
+    from edgeba.preprocess import PreprocessConfig
+    from edgeba.training.regressor import RegressorConfig, parse_args
+
+    mc = load_script("export/model_card.py")
+    cfg = RegressorConfig(preprocess=PreprocessConfig(input_size=192, segment=False, enhance=False), sex_input=False,
+                          epochs=10, lr=2e-4, patience=7, seed=3, loss="huber", warmup_epochs=1.0, time_budget_s=60.0,
+                          mix_cache="cache/mix.npz", mix_per_batch=8, soft_targets="t.csv", soft_weight=0.5, fit_tune=True)
+    conf = {**cfg.to_dict(), "cache": "cache/c.npz", "init_from": "runs/pre/regressor.keras", "backend": "tensorflow"}
+    line = mc.train_command("runs/x", conf).split("#")[0]
+    args, parsed = parse_args(shlex.split(line)[3:])  # after "python -m edgeba.training.regressor"
+    assert parsed == cfg
+    assert str(args.cache) == "cache/c.npz" and str(args.init_from) == "runs/pre/regressor.keras"

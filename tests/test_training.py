@@ -192,3 +192,32 @@ def test_config_round_trips_through_a_run_config_and_geometry_is_checked():
     for other in (PreprocessConfig(input_size=256, segment=False), PreprocessConfig(input_size=192, segment=False, margin=0.1)):
         with pytest.raises(ValueError, match="cache was cropped with"):
             check_geometry(cache, other, "cache")
+
+
+def test_final_fit_fits_train_and_tune_and_keeps_the_last_epoch(run):
+    """--fit-tune: the tune rows join the fit (so nothing monitors or selects), the last epoch is the model,
+    and metrics.json marks the tune numbers as in-sample."""
+    tmp, cache, _ = run
+    rcfg = RegressorConfig(preprocess=PreprocessConfig(input_size=SIZE, segment=False), epochs=2, batch_size=8, report_tta=False, fit_tune=True)
+    result = train(cache, tmp / "final", rcfg, workers=1)
+    assert result["n_train"] == 32 and result["n_tune"] == 0 and result["fit_splits"] == ["train", "tune"]
+    d = tmp / "final"
+    rows = list(csv.DictReader(open(d / "history.csv")))
+    assert [int(r["epoch"]) for r in rows] == [0, 1] and all(r.get("val_mae", "NA") == "NA" for r in rows)
+    assert not (d / "best.keras").exists()
+    # The shipped weights are the last epoch's snapshot.
+    last = keras.models.load_model(d / "regressor.keras")
+    ref = keras.models.load_model(d / "regressor.keras")
+    ref.load_weights(sorted((d / "snapshots").glob("epoch*.weights.h5"))[-1])
+    for a, b in zip(last.get_weights(), ref.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    # The fitted target statistics are those of the 32 fitted rows.
+    d_cache = load_crop_cache(cache)
+    fitted = np.isin(d_cache["split"], ["train", "tune"])
+    assert result["target"]["mean"] == pytest.approx(float(d_cache["age"][fitted].mean()), rel=1e-6)
+    # The report's table says the tune number is in-sample, and its loss plot needs no tune curve.
+    from edgeba.training.report import plot_run, table
+
+    plot_run(d, tmp, result["target"]["std"])
+    assert (tmp / "final_loss.png").is_file()
+    assert table([d]).strip().splitlines()[-1].rstrip(" |").endswith("(fitted)")

@@ -292,7 +292,8 @@ def write_metrics(model, cache, cfg, target, run_dir: Path, n_train: int, n_tune
     return result
 
 
-def main(argv: list[str] | None = None) -> dict:
+def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, RegressorConfig]:
+    """The command line and the run config it stands for (export/model_card.py replays the inverse)."""
     p = argparse.ArgumentParser(description="Train the bone-age regressor from a crop cache.")
     p.add_argument("--cache", type=Path, required=True, help="npz from edgeba.training.crops.build_crop_cache")
     p.add_argument("--run-dir", type=Path, required=True)
@@ -328,6 +329,11 @@ def main(argv: list[str] | None = None) -> dict:
         warmup_epochs=a.warmup_epochs, mix_cache=a.mix_cache, mix_per_batch=a.mix_per_batch,
         soft_targets=a.soft_targets, soft_weight=a.soft_weight, fit_tune=a.fit_tune,
     )
+    return a, cfg
+
+
+def main(argv: list[str] | None = None) -> dict:
+    a, cfg = parse_args(argv)
     result = train(a.cache, a.run_dir, cfg, workers=a.workers, init_from=a.init_from)
     # val is in metrics.json, for reporting only; after a final fit the tune number is in-sample
     print(json.dumps({("fitted_tune_mae" if cfg.fit_tune else "tune_mae"): result["tune"]["plain"]["mae"]}))

@@ -21,18 +21,21 @@ import numpy as np  # noqa: E402
 def _csv(path: Path) -> dict[str, np.ndarray]:
     with open(path, newline="") as f:
         rows = list(csv.DictReader(f))
-    return {k: np.array([float(r[k]) for r in rows]) for k in rows[0] if k != "id"}
+    # Keras' CSVLogger writes "NA" for a metric it did not compute (tune metrics of a final fit).
+    return {k: np.array([float("nan") if r[k] == "NA" else float(r[k]) for r in rows]) for k in rows[0] if k != "id"}
 
 
 def plot_run(run: Path, out: Path, std: float) -> None:
     name = run.name
     h = _csv(run / "history.csv")
     fig, ax = plt.subplots(1, 2, figsize=(10, 3.6))
-    ax[0].plot(h["epoch"] + 1, h["loss"], label="train (augmented)")
-    ax[0].plot(h["epoch"] + 1, h["val_loss"], label="tune")
+    fitted = np.isnan(h.get("val_loss", [np.nan])).all()  # a final fit (--fit-tune) has no tune curve: tune is fitted
+    ax[0].plot(h["epoch"] + 1, h["loss"], label="train + tune (augmented)" if fitted else "train (augmented)")
+    ax[1].plot(h["epoch"] + 1, h["mae"] * std, label="train + tune (augmented)" if fitted else "train (augmented)")
+    if not fitted:
+        ax[0].plot(h["epoch"] + 1, h["val_loss"], label="tune")
+        ax[1].plot(h["epoch"] + 1, h["val_mae"] * std, label="tune")
     ax[0].set(xlabel="epoch", ylabel="MSE (normalised age)", yscale="log", title=f"{name}: loss")
-    ax[1].plot(h["epoch"] + 1, h["mae"] * std, label="train (augmented)")
-    ax[1].plot(h["epoch"] + 1, h["val_mae"] * std, label="tune")
     ax[1].set(xlabel="epoch", ylabel="MAE (months)", title="MAE")
     for a in ax:
         a.legend()
@@ -60,6 +63,11 @@ def plot_run(run: Path, out: Path, std: float) -> None:
     plt.close(fig)
 
 
+def tune_cell(m: dict) -> str:
+    """The tune MAE, marked "(fitted)" when the run fitted the tune images (a final fit): in-sample."""
+    return f"{m['tune']['plain']['mae']:.2f}" + (" (fitted)" if "tune" in m.get("fit_splits", ["train"]) else "")
+
+
 def table(runs: list[Path]) -> str:
     # Every column is one view (plain) except "+TTA", the MAE of the 5-view mean.
     head = "| run | variant | sex | enhance | segment | px | epochs | val MAE | +TTA | MSE | RMSE | max | mean err | mean rel err | tune MAE |\n"
@@ -73,7 +81,7 @@ def table(runs: list[Path]) -> str:
         lines.append(
             f"| {run.name} | {c['variant']} | {'yes' if c['sex_input'] else 'no'} | {'yes' if pp['enhance'] else 'no'} | "
             f"{'yes' if pp['segment'] else 'no'} | {pp['input_size']} | {epochs} | {v['mae']:.2f} | {vt['mae']:.2f} | {v['mse']:.1f} | "
-            f"{v['rmse']:.2f} | {v['max_error']:.1f} | {v['mean_error']:+.2f} | {v['mean_relative_error']:.3f} | {m['tune']['plain']['mae']:.2f} |"
+            f"{v['rmse']:.2f} | {v['max_error']:.1f} | {v['mean_error']:+.2f} | {v['mean_relative_error']:.3f} | {tune_cell(m)} |"
         )
     return head + "\n".join(lines) + "\n"
 
