@@ -20,7 +20,7 @@ from edgeba.errors import InputError, SegmentationError
 
 FIELDS = (
     "file", "status", "bone_age_months", "bone_age", "sex", "sex_source", "chronological_age_months",
-    "bone_minus_chronological_months", "backend", "model", "mask_ok", "total_ms", "warnings", "error",
+    "bone_minus_chronological_months", "backend", "model", "tta_views", "mask_ok", "total_ms", "warnings", "error",
 )
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".dcm", ".dicom"}
 
@@ -106,7 +106,7 @@ def _ok_row(file: str, pred) -> dict:
     j = pred.to_json()
     return {
         **{k: j.get(k) for k in ("bone_age_months", "bone_age", "sex", "sex_source", "chronological_age_months",
-                                 "bone_minus_chronological_months", "backend", "model")},
+                                 "bone_minus_chronological_months", "backend", "model", "tta_views")},
         "file": file, "status": "ok",
         "mask_ok": "" if pred.mask_quality is None else int(pred.mask_quality["ok"]),
         "total_ms": j["timings_ms"].get("total"),

@@ -67,16 +67,18 @@ def _ms(t0: float) -> float:
 
 
 class Predictor:
-    def __init__(self, model_dir: str | Path | None = None, backend: str = "auto", threads: int | None = None):
+    def __init__(self, model_dir: str | Path | None = None, backend: str = "auto", threads: int | None = None,
+                 tta: bool | None = None):
         t0 = time.perf_counter()
         self.manifest = load_manifest(model_dir)
         self.backend = choose(self.manifest, backend)
         self.threads = threads or default_threads()
         self.cfg = PreprocessConfig.from_dict(self.manifest.preprocess)
         self.target = self.manifest.target
-        # Test-time augmentation, when the model was validated with it (manifest "tta", as in its
-        # training run's config): the mean over the fixed views of edgeba.preprocess.TTA_VIEWS.
-        self.tta = bool(self.manifest.data.get("tta", False))
+        # Test-time augmentation: the mean over the fixed views of edgeba.preprocess.TTA_VIEWS, when the
+        # manifest says so (the model was validated with it) or the caller asks (`--precise`: 5x the
+        # regressor's compute for a lower error; train/RESULTS.md measures it).
+        self.tta = bool(self.manifest.data.get("tta", False)) if tta is None else tta
         # The U-Net runs whenever the model has one: it crops the hand (cfg.segment) and in any case
         # gates the input (no hand found -> refusal) and draws the QC overlay.
         self.unet = open_stage(self.manifest, "segment", self.backend, self.threads) if self.manifest.segments else None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import shutil
 
@@ -66,6 +67,20 @@ def test_predict_json(model_dir, good_image):
     assert j["sex"] == "female" and j["backend"] == auto_backend(model_dir) and isinstance(j["warnings"], list)
     assert {"load", "segment", "preprocess", "regress", "total"} <= set(j["timings_ms"])
     assert j["mask_quality"]["ok"] is True and j["warnings"] == []
+
+
+def test_precise_averages_five_views(model_dir, good_image, tmp_path):
+    plain = predict_json(good_image, "--sex", "male", "--model", model_dir, "--backend", "tflite")
+    precise = predict_json(good_image, "--sex", "male", "--model", model_dir, "--backend", "tflite", "--precise")
+    assert plain["tta_views"] == 1 and precise["tta_views"] == 5
+    assert precise["bone_age_months"] != plain["bone_age_months"] and abs(precise["bone_age_months"] - plain["bone_age_months"]) < 12
+    proc = run_cli("predict", good_image, "--sex", "male", "--model", model_dir, "--precise")
+    assert proc.returncode == 0 and "5 views averaged" in proc.stdout, proc.stderr
+    out = tmp_path / "r.csv"
+    proc = run_cli("predict", good_image, "--sex", "male", "--model", model_dir, "--backend", "tflite", "--precise", "--out", out)
+    assert proc.returncode == 0, proc.stderr
+    row = next(csv.DictReader(open(out)))
+    assert row["tta_views"] == "5" and float(row["bone_age_months"]) == pytest.approx(precise["bone_age_months"], abs=0.01)
 
 
 def test_backends_agree_end_to_end(model_dir, good_image):

@@ -22,17 +22,27 @@ def test_stages_are_timed(fixture_model, good_image):
     assert pred.tta_views == 1 and pred.sex == "female" and pred.mask.shape == pred.radiograph.shape
 
 
-def test_tta_averages_the_views_when_the_manifest_asks(fixture_model, good_image, tmp_path):
-    model = shutil.copytree(fixture_model, tmp_path / "m")
-    data = json.loads((model / "manifest.json").read_text())
-    (model / "manifest.json").write_text(json.dumps(data | {"tta": True}))
-    p = Predictor(model, "tflite", 1)
+@pytest.mark.parametrize("how", ["manifest", "caller"])
+def test_tta_averages_the_views_when_the_manifest_or_the_caller_asks(fixture_model, good_image, tmp_path, how):
+    model = fixture_model
+    if how == "manifest":
+        model = shutil.copytree(fixture_model, tmp_path / "m")
+        data = json.loads((model / "manifest.json").read_text())
+        (model / "manifest.json").write_text(json.dumps(data | {"tta": True}))
+    p = Predictor(model, "tflite", 1, tta=True if how == "caller" else None)
     pred = p.predict(good_image, "male")
     views = regressor_inputs_tta(load_image(good_image).pixels, pred.mask, p.cfg)
     outs = [p.regressor.run({"image": v[None, :, :, None], "sex": np.ones((1, 1), np.float32)}).item() for v in views]
     mean, std = p.target
     assert pred.tta_views == len(TTA_VIEWS)
     assert pred.bone_age_months == pytest.approx(np.mean(outs) * std + mean, abs=1e-4)
+
+
+def test_caller_can_turn_a_manifests_tta_off(fixture_model, good_image, tmp_path):
+    model = shutil.copytree(fixture_model, tmp_path / "m")
+    data = json.loads((model / "manifest.json").read_text())
+    (model / "manifest.json").write_text(json.dumps(data | {"tta": True}))
+    assert Predictor(model, "tflite", 1, tta=False).predict(good_image, "male").tta_views == 1
 
 
 def test_invalid_sex_value(fixture_model, good_image):
