@@ -63,13 +63,28 @@ def provenance(run: Path, seen: set | None = None) -> list[str]:
     return lines + [conf.get("command") or train_command(run, conf)]  # a post-processed run (precise_bn.py) records its command
 
 
-def cache_commands(commands: list[str]) -> list[str]:
-    """The commands that built the crop caches the training commands read (recorded in each cache)."""
+def recorded_cache_commands(run: Path, seen: set | None = None) -> dict[str, str]:
+    """{cache path: build command} as recorded in the config.json of `run` and every run it came from."""
+    seen = set() if seen is None else seen
+    if str(run) in seen or not (run / "config.json").is_file():
+        return {}
+    seen.add(str(run))
+    conf = json.loads((run / "config.json").read_text())
+    out = {}
+    for parent in [Path(m) for m in conf.get("members", [])] + ([Path(conf["init_from"]).parent] if conf.get("init_from") else []):
+        out |= recorded_cache_commands(parent, seen)
+    return out | {k: v for k, v in conf.get("cache_commands", {}).items() if v}
+
+
+def cache_commands(commands: list[str], recorded: dict[str, str] | None = None) -> list[str]:
+    """The commands that built the crop caches the training commands read: from the cache file itself,
+    else as the training run recorded it (`recorded`), else a note that it is unknown."""
     from edgeba.training.crops import cache_command
 
+    recorded = recorded or {}
     caches = dict.fromkeys(m for c in commands for m in re.findall(r"--(?:mix-)?cache (\S+)", c))
-    return [(cache_command(Path(p)) if Path(p).is_file() else "") or f"# {p}: built by python -m edgeba.training.crops (command not recorded)"
-            for p in caches]
+    return [(cache_command(Path(p)) if Path(p).is_file() else "") or recorded.get(p)
+            or f"# {p}: built by python -m edgeba.training.crops (command not recorded)" for p in caches]
 
 
 def describe_regressor(reg_run: Path, rm: dict) -> str:
@@ -81,12 +96,12 @@ def describe_regressor(reg_run: Path, rm: dict) -> str:
 
 def card(model_dir: Path, reg_run: Path, unet_run: Path) -> str:
     commands = provenance(reg_run)
-    builds = cache_commands(commands)
+    builds = cache_commands(commands, recorded_cache_commands(reg_run))
     pretrained = any("--lowres" in c for c in builds)  # low-res pre-training somewhere in the chain
     unsquashed = any("--unsquash" in c for c in builds)
     m = json.loads((model_dir / "manifest.json").read_text())
     rm = json.loads((reg_run / "metrics.json").read_text())
-    v = rm["val"]["plain"]
+    v, vt = rm["val"]["plain"], rm["val"].get("tta")
     um = json.loads((unet_run / "metrics.json").read_text()) if (unet_run / "metrics.json").exists() else {}
     useg = um.get("masks_unet", {}).get("val", {})
     parity = m.get("metrics", {}).get("parity", {})
@@ -106,7 +121,8 @@ def card(model_dir: Path, reg_run: Path, unet_run: Path) -> str:
         f"- Regressor (`{reg_run}`): {describe_regressor(reg_run, rm)}, {pp['input_size']} px, sex input,",
         f"  {rm['gmac']} GMAC, {rm['params']:,} parameters; input = the whole radiograph letterboxed"
         f" (segment={pp['segment']}), normalised, sharpened with the thesis kernel (enhance={pp['enhance']}).",
-        f"- Test-time augmentation: {'on' if m.get('tta') else 'off'} (one regressor run per image).",
+        f"- Test-time augmentation: {'on' if m.get('tta') else 'off (one regressor run per image)'}; `--precise` averages"
+        f" 5 views at 5x the regressor's compute" + (f" (float val MAE {vt['mae']:.2f}, one view {v['mae']:.2f})." if vt else "."),
         f"- Output: months = z * {m['target']['std']:.2f} + {m['target']['mean']:.2f}.",
         "",
         "## Data and split",

@@ -47,3 +47,17 @@ def test_replayed_command_parses_back_to_the_run_config():
     args, parsed = parse_args(shlex.split(line)[3:])  # after "python -m edgeba.training.regressor"
     assert parsed == cfg
     assert str(args.cache) == "cache/c.npz" and str(args.init_from) == "runs/pre/regressor.keras"
+
+
+def test_cache_commands_fall_back_to_what_the_runs_recorded(tmp_path):
+    """A card made where the caches are gone prints the build commands the training runs recorded."""
+    mc = load_script("export/model_card.py")
+    pre, ft = tmp_path / "pre", tmp_path / "ft"
+    for d in (pre, ft):
+        d.mkdir()
+    (pre / "config.json").write_text(json.dumps({"cache_commands": {"cache/low.npz": "python -m edgeba.training.crops --out cache/low.npz --lowres"}}))
+    (ft / "config.json").write_text(json.dumps({"init_from": str(pre / "regressor.keras"), "cache_commands": {"cache/full.npz": ""}}))
+    recorded = mc.recorded_cache_commands(ft)
+    assert recorded == {"cache/low.npz": "python -m edgeba.training.crops --out cache/low.npz --lowres"}
+    builds = mc.cache_commands(["x --cache cache/low.npz", "y --cache cache/full.npz"], recorded)
+    assert builds[0].endswith("--lowres") and "not recorded" in builds[1]

@@ -47,7 +47,7 @@ def test_cache_round_trip(run):
 
 
 def test_run_writes_what_it_promises(run):
-    tmp, _, result = run
+    tmp, cache, result = run
     d = tmp / "run"
     rows = list(csv.DictReader(open(d / "history.csv")))
     assert [int(r["epoch"]) for r in rows] == [0, 1]
@@ -55,6 +55,7 @@ def test_run_writes_what_it_promises(run):
     assert len(list((d / "snapshots").glob("epoch*.weights.h5"))) == 2
     conf = json.loads((d / "config.json").read_text())
     assert conf["backend"] == "tensorflow" and conf["preprocess"]["input_size"] == SIZE
+    assert list(conf["cache_commands"]) == [str(cache)]  # what built the cache, for the model card
     assert result["n_train"] == 24 and result["n_tune"] == 8
     val = result["val"]["plain"]
     assert {"mae", "mse", "rmse", "max_error", "mean_error", "mean_relative_error"} <= set(val)

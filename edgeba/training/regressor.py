@@ -22,7 +22,7 @@ import numpy as np
 
 from edgeba import dataset, metrics
 from edgeba.preprocess import TTA_VIEWS, PreprocessConfig, affine, enhance_stage, tta_view
-from edgeba.training.crops import load_crop_cache
+from edgeba.training.crops import cache_command, load_crop_cache
 from edgeba.training.nets import VARIANTS, build_regressor, copy_weights, count_macs
 
 
@@ -241,7 +241,10 @@ def train(cache_path: Path, run_dir: Path, cfg: RegressorConfig, workers: int = 
     if cfg.soft_weight:
         fit_months = blend_soft_targets(fit_months, cache["ids"], tr, Path(cfg.soft_targets), cfg.soft_weight)
     norm = (fit_months - target["mean"]) / target["std"]
-    (run_dir / "config.json").write_text(json.dumps({**cfg.to_dict(), "target": target, "cache": str(cache_path), "init_from": str(init_from) if init_from else None, "backend": keras.config.backend()}, indent=2))
+    # The commands that built the caches, so a model card can print them where the caches are gone.
+    caches = [str(cache_path)] + ([cfg.mix_cache] if cfg.mix_per_batch else [])
+    built_by = {c: cache_command(Path(c)) for c in caches}
+    (run_dir / "config.json").write_text(json.dumps({**cfg.to_dict(), "target": target, "cache": str(cache_path), "cache_commands": built_by, "init_from": str(init_from) if init_from else None, "backend": keras.config.backend()}, indent=2))
 
     mix = load_mix_pool(cfg, target) if cfg.mix_per_batch else None
     model = build_regressor(cfg.variant, cfg.preprocess.input_size, cfg.sex_input, cfg.dropout)

@@ -25,7 +25,7 @@ def _csv(path: Path) -> dict[str, np.ndarray]:
     return {k: np.array([float("nan") if r[k] == "NA" else float(r[k]) for r in rows]) for k in rows[0] if k != "id"}
 
 
-def plot_run(run: Path, out: Path, std: float) -> None:
+def plot_loss(run: Path, out: Path, std: float) -> None:
     name = run.name
     h = _csv(run / "history.csv")
     fig, ax = plt.subplots(1, 2, figsize=(10, 3.6))
@@ -44,12 +44,17 @@ def plot_run(run: Path, out: Path, std: float) -> None:
     fig.savefig(out / f"{name}_loss.png", dpi=110)
     plt.close(fig)
 
+
+def plot_run(run: Path, out: Path, std: float) -> None:
+    name = run.name
+    if (run / "history.csv").is_file():  # a combined run (train/ensemble.py) has no curve of its own
+        plot_loss(run, out, std)
     p = _csv(run / "predictions_val.csv")  # one view: what `edgeba predict` does
     t, y = p["boneage_months"], p["predicted_months"]
     fig, ax = plt.subplots(1, 2, figsize=(10, 4.2))
     ax[0].scatter(t, y, s=8, alpha=0.6, c=np.where(p["male"] > 0, "tab:blue", "tab:red"))
     ax[0].plot([0, 240], [0, 240], "k--", lw=1)
-    ax[0].set(xlabel="true bone age (months)", ylabel="predicted (months)", title=f"{name}: val (n={len(t)}, one view); blue male, red female", xlim=(0, 240), ylim=(0, 240))
+    ax[0].set(xlabel="true bone age (months)", ylabel="predicted (months)", title=f"{name}\nval (n={len(t)}, one view); blue male, red female", xlim=(0, 240), ylim=(0, 240))
     mean, diff = (t + y) / 2, y - t
     bias, loa = diff.mean(), 1.96 * diff.std()
     ax[1].scatter(mean, diff, s=8, alpha=0.6)
@@ -77,7 +82,7 @@ def table(runs: list[Path]) -> str:
         m = json.loads((run / "metrics.json").read_text())
         c, pp = m["config"], m["config"]["preprocess"]
         v, vt = m["val"]["plain"], m["val"].get("tta", m["val"]["plain"])
-        epochs = sum(1 for _ in open(run / "history.csv")) - 1
+        epochs = sum(1 for _ in open(run / "history.csv")) - 1 if (run / "history.csv").is_file() else "-"
         lines.append(
             f"| {run.name} | {c['variant']} | {'yes' if c['sex_input'] else 'no'} | {'yes' if pp['enhance'] else 'no'} | "
             f"{'yes' if pp['segment'] else 'no'} | {pp['input_size']} | {epochs} | {v['mae']:.2f} | {vt['mae']:.2f} | {v['mse']:.1f} | "
