@@ -53,3 +53,14 @@ def test_copy_weights_loads_relu_into_relu_blur_by_name():
     bigger = keras.Model(x, layers.Dense(1, name="b")(layers.Dense(4, name="a")(x)))
     with pytest.raises(ValueError, match="'b'"):
         copy_weights(small, bigger)
+
+
+def test_relu_s2_sees_twice_the_pixels_for_the_same_cost_and_takes_relu_weights():
+    """relu_s2 at 2N px costs what relu costs at N px, and relu's weights load into it unchanged."""
+
+    relu, s2 = build_regressor("relu", 128), build_regressor("relu_s2", 256)
+    assert count_macs(s2) == count_macs(relu)
+    assert s2.get_layer("b1_conv3").strides == (2, 2) and s2.get_layer("b1_conv3").output.shape[1:3] == (128, 128)
+    copy_weights(relu, s2)
+    for a, b in zip(relu.get_weights(), s2.get_weights()):
+        np.testing.assert_array_equal(a, b)
