@@ -1,7 +1,7 @@
 """Write MODEL_CARD.md for a model directory from its manifest and the training runs it came from.
 
     python export/model_card.py edgeba/models/default \
-        --regressor-run train/runs/regressor/relu_sex_enh_noseg_pre --unet-run train/runs/unet
+        --regressor-run train/runs/regressor/relu_sex_enh_noseg_pre_final_soup --unet-run train/runs/unet
 """
 
 from __future__ import annotations
