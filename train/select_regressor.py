@@ -32,15 +32,22 @@ def main(argv=None) -> None:
     p.add_argument("--runs", type=Path, default=Path("train/runs/regressor"))
     p.add_argument("--candidates", nargs="+", default=list(CANDIDATES))
     a = p.parse_args(argv)
+    confs = {run: json.loads((a.runs / run / "config.json").read_text()) for cand in a.candidates for run in cand.split("+")}
+    for run in confs:
+        fitted = json.loads((a.runs / run / "metrics.json").read_text()).get("fit_splits", ["train"])
+        if a.split in fitted:  # a final fit (--fit-tune): its score on this split would be in-sample
+            raise SystemExit(f"{run} was fitted on {a.split}: it cannot be selected on it")
+    # Each candidate gets the inputs of its own preprocessing (input size, crop or not).
+    pps = {json.dumps(c["preprocess"], sort_keys=True): PreprocessConfig.from_dict(c["preprocess"]) for c in confs.values()}
     cases = dataset.split_cases(a.split)
-    inputs = {True: [], False: []}
+    inputs = {k: [] for k in pps}
     ok = []
     for c in cases:
         pixels = load_image(c.image_path).pixels
         mask = read_mask(a.masks, c.id)
         ok.append(mask_quality(mask).ok)
-        for seg in (True, False):
-            inputs[seg].append(regressor_input(pixels, mask if seg else None, PreprocessConfig(segment=seg)))
+        for k, pp in pps.items():
+            inputs[k].append(regressor_input(pixels, mask if pp.segment else None, pp))
     ok = np.array(ok)
     age = np.array([c.boneage_months for c in cases])
     sex = np.array([[c.male] for c in cases], np.float32)
@@ -50,9 +57,9 @@ def main(argv=None) -> None:
         months = []
         for run in cand.split("+"):
             if run not in preds:
-                conf = json.loads((a.runs / run / "config.json").read_text())
+                conf = confs[run]
                 model = keras.models.load_model(a.runs / run / "regressor.keras")
-                x = np.stack(inputs[conf["preprocess"]["segment"]])[..., None]
+                x = np.stack(inputs[json.dumps(conf["preprocess"], sort_keys=True)])[..., None]
                 feeds = {"image": x, "sex": sex} if conf["sex_input"] else x
                 preds[run] = model.predict(feeds, verbose=0)[:, 0] * conf["target"]["std"] + conf["target"]["mean"]
             months.append(preds[run])
