@@ -117,3 +117,17 @@ def test_bench_module_imports_no_framework():
     code = "import sys, edgeba.bench; print(sorted(m for m in ('tensorflow', 'keras', 'jax', 'torch', 'onnxruntime', 'openvino') if m in sys.modules))"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.stdout.strip() == "[]", proc.stdout + proc.stderr
+
+
+def test_precise_views_make_every_prediction_average_the_tta_views(fixture_model, good_image, tmp_path):
+    """`edgeba bench --precise` measures format views whose manifest asks for TTA, so the latency,
+    accuracy and cold-start workers all run what `edgeba predict --precise` runs."""
+    from edgeba.predictor import Predictor
+    from edgeba.preprocess import TTA_VIEWS
+
+    manifest = load_manifest(fixture_model)
+    plain = measure.format_view(manifest, "tflite-int8", tmp_path / "plain")
+    precise = measure.format_view(manifest, "tflite-int8", tmp_path / "precise", tta=True)
+    assert Predictor(plain, "tflite", 1).predict(good_image, "male").tta_views == 1
+    assert Predictor(precise, "tflite", 1).predict(good_image, "male").tta_views == len(TTA_VIEWS)
+    assert measure.Settings(True, [1], None, precise=True).as_dict()["precise"] is True

@@ -36,6 +36,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--formats", nargs="+", default=None, metavar="FORMAT",
                    help=f"formats or backends to run (default: all installed): {', '.join(FORMATS)}")
     p.add_argument("--val", type=int, default=None, metavar="N", help="accuracy on the first N val images (default: all; --quick: 3)")
+    p.add_argument("--precise", action="store_true", help="measure `edgeba predict --precise` (5 test-time views per image)")
     a = p.parse_args(argv)
     if a.formats:
         unknown = [f for f in a.formats if f not in FORMATS and f not in BACKENDS]
@@ -53,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     a = parse(argv)
     cores = default_cores()
     # --quick: all cores only (the 1-thread path is the same code; CI time is short)
-    settings = Settings(a.quick, sorted(set(a.threads or ([cores] if a.quick else [1, cores]))), a.val)
+    settings = Settings(a.quick, sorted(set(a.threads or ([cores] if a.quick else [1, cores]))), a.val, a.precise)
     log = Log()
     with tempfile.TemporaryDirectory(prefix="edgeba-bench-") as work:
         r = benchmark(a.model, settings, a.formats, Path(work), log)
@@ -61,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     r["machine"] = describe() | {"loadavg": log.summary()}
     r["derived"] = derive(r)
     a.out.mkdir(parents=True, exist_ok=True)
-    stem = a.out / f"{platform.machine()}-{_dt.datetime.now(_dt.timezone.utc):%Y%m%dT%H%M%S}{'-quick' if a.quick else ''}"
+    stem = a.out / f"{platform.machine()}-{_dt.datetime.now(_dt.timezone.utc):%Y%m%dT%H%M%S}{'-precise' if a.precise else ''}{'-quick' if a.quick else ''}"
     stem.with_suffix(".json").write_text(json.dumps(r, indent=1) + "\n")
     stem.with_suffix(".md").write_text(markdown(r))
     written = [stem.with_suffix(".json"), stem.with_suffix(".md")]

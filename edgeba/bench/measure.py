@@ -27,8 +27,9 @@ TARGETS = {"int8_vs_keras": 2.5, "int8_vs_best_fp32": 1.5, "pipeline_gmac": 1.5,
 class Settings:
     """How much to measure: the full run, or --quick (a CI smoke run of every code path)."""
 
-    def __init__(self, quick: bool, threads: list[int], val_images: int | None):
+    def __init__(self, quick: bool, threads: list[int], val_images: int | None, precise: bool = False):
         self.quick = quick
+        self.precise = precise  # measure `edgeba predict --precise`: every prediction averages the TTA views
         self.threads = threads
         self.latency_images = 2 if quick else 8  # decode cost varies with the file; cycle over a few
         self.warmup = 1 if quick else 3
@@ -43,14 +44,16 @@ class Settings:
         return dict(self.__dict__)
 
 
-def format_view(manifest, fmt: str, root: Path) -> Path:
-    """A model dir holding only `fmt`, so `edgeba predict --backend B` runs exactly that format."""
+def format_view(manifest, fmt: str, root: Path, tta: bool = False) -> Path:
+    """A model dir holding only `fmt`, so `edgeba predict --backend B` runs exactly that format; `tta`
+    sets its manifest's test-time augmentation, so every predictor and `edgeba predict` run on it averages
+    the views as `--precise` does."""
     view = root / fmt
     view.mkdir(parents=True)
     stages = {stage: {fmt: formats[fmt]} for stage, formats in manifest.data["stages"].items() if fmt in formats}
     for entries in stages.values():
         copy_files(manifest.dir, entries[fmt], view)
-    (view / "manifest.json").write_text(json.dumps({**manifest.data, "stages": stages}))
+    (view / "manifest.json").write_text(json.dumps({**manifest.data, "stages": stages} | ({"tta": True} if tta else {})))
     return view
 
 
@@ -186,7 +189,7 @@ def benchmark(model_dir: Path | None, settings: Settings, wanted: list[str] | No
             log(f"{fmt}: {what} FAILED: {exc}")
 
     cores = default_cores()
-    views = {f: format_view(manifest, f, work / "views") for f in formats}
+    views = {f: format_view(manifest, f, work / "views", tta=settings.precise) for f in formats}
     peak = {}
     for t in settings.threads:
         log(f"float32 matmul peak at {t} thread(s)")

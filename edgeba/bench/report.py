@@ -15,7 +15,7 @@ def markdown(r: dict) -> str:
     ts = [str(t) for t in r["settings"]["threads"]]
     load = m["loadavg"]
     lines = [
-        f"# edgeba bench: {r['model']['name']} on {m['cpu']} ({m['arch']})",
+        f"# edgeba bench: {r['model']['name']}{' --precise' if r['settings'].get('precise') else ''} on {m['cpu']} ({m['arch']})",
         "",
         f"{r['created']}, `{r['command']}`{' (--quick: a smoke run, not a measurement)' if r['quick'] else ''}.",
         f"Images: accuracy on {r['images']['accuracy']} {r['images']['split']} images; latency cycles over {r['images']['latency']} of them, "
