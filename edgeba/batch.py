@@ -73,7 +73,7 @@ def read_results(path: Path) -> list[dict]:
         text = text[: text.rfind("\n") + 1]  # the row being written when the run was killed
     reader = csv.DictReader(io.StringIO(text))
     if tuple(reader.fieldnames or ()) != FIELDS:
-        raise InputError(f"{path}: exists and is not an edgeba results file; choose another --out")
+        raise InputError(f"{path}: exists and is not an edgeba results file (or is one from another edgeba version, with other columns); choose another --out")
     return [r for r in reader if r.get("file") and r.get("status") in ("ok", "error")]
 
 
