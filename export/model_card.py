@@ -45,35 +45,28 @@ def train_command(run: Path, conf: dict) -> str:
     return "python -m edgeba.training.regressor " + " ".join(flags) + f"   # Keras on {conf.get('backend', '?')}"
 
 
-def provenance(run: Path, seen: set | None = None) -> list[str]:
-    """Every command that led to `run`, parents first: members of a combined run, the run a fine-tune
-    (or a BatchNorm recalibration) started from, then the run itself."""
+def lineage(run: Path, seen: set | None = None) -> list[tuple[Path, dict]]:
+    """Every run that led to `run` with its config.json, parents first, each once: the members of a
+    combined run, the run a fine-tune (or a BatchNorm recalibration) started from, then the run itself."""
     seen = set() if seen is None else seen
     if str(run) in seen:
         return []
     seen.add(str(run))
     conf = json.loads((run / "config.json").read_text())
-    lines = []
-    for m in conf.get("members", []):
-        lines += provenance(Path(m), seen)
-    if "members" in conf:
-        return lines + [conf.get("command", f"python train/ensemble.py --members {' '.join(conf['members'])} --run-dir {run}")]
-    if conf.get("init_from"):
-        lines += provenance(Path(conf["init_from"]).parent, seen)
-    return lines + [conf.get("command") or train_command(run, conf)]  # a post-processed run (precise_bn.py) records its command
+    parents = [Path(m) for m in conf["members"]] if "members" in conf else [Path(conf["init_from"]).parent] if conf.get("init_from") else []
+    return [x for p in parents for x in lineage(p, seen)] + [(run, conf)]
 
 
-def recorded_cache_commands(run: Path, seen: set | None = None) -> dict[str, str]:
+def provenance(run: Path) -> list[str]:
+    """Every command that led to `run`, parents first (see lineage)."""
+    return [conf.get("command", f"python train/ensemble.py --members {' '.join(conf['members'])} --run-dir {r}") if "members" in conf
+            else conf.get("command") or train_command(r, conf)  # a post-processed run (precise_bn.py) records its command
+            for r, conf in lineage(run)]
+
+
+def recorded_cache_commands(run: Path) -> dict[str, str]:
     """{cache path: build command} as recorded in the config.json of `run` and every run it came from."""
-    seen = set() if seen is None else seen
-    if str(run) in seen or not (run / "config.json").is_file():
-        return {}
-    seen.add(str(run))
-    conf = json.loads((run / "config.json").read_text())
-    out = {}
-    for parent in [Path(m) for m in conf.get("members", [])] + ([Path(conf["init_from"]).parent] if conf.get("init_from") else []):
-        out |= recorded_cache_commands(parent, seen)
-    return out | {k: v for k, v in conf.get("cache_commands", {}).items() if v}
+    return {k: v for _, conf in lineage(run) for k, v in conf.get("cache_commands", {}).items() if v}
 
 
 def cache_commands(commands: list[str], recorded: dict[str, str] | None = None) -> list[str]:
@@ -95,6 +88,8 @@ def describe_regressor(reg_run: Path, rm: dict) -> str:
 
 
 def card(model_dir: Path, reg_run: Path, unet_run: Path) -> str:
+    from edgeba.training.report import fit_splits
+
     commands = provenance(reg_run)
     builds = cache_commands(commands, recorded_cache_commands(reg_run))
     pretrained = any("--lowres" in c for c in builds)  # low-res pre-training somewhere in the chain
@@ -127,13 +122,13 @@ def card(model_dir: Path, reg_run: Path, unet_run: Path) -> str:
         "",
         "## Data and split",
         "RSNA training split, 1,338 full-hand images, fixed stratified split `edgeba/data/rsna_split.csv`",
-        *(["(train 935 / tune 134 / val 269). The recipe was chosen among candidates on tune",
-           f"(`train/runs/regressor/SHIPPED.md`), then refitted on train + tune ({rm['n_train']} images) for its fixed",
-           "number of epochs, keeping the last (a final fit: nothing selected). Val was used for nothing but these numbers."]
-          if "tune" in rm.get("fit_splits", ["train"]) else
-          [f"(train 935 / tune 134 / val 269). Regressor fitted on train images (up to {rm['n_train']}: see each command",
-           f"below), epochs chosen on {rm['n_tune']} tune images; the model was chosen among candidates on tune",
-           "(`train/runs/regressor/SHIPPED.md`). Val was used for nothing but these numbers."]),
+        "(train 935 / tune 134 / val 269). "
+        + ("The recipe was chosen among candidates on tune (`train/runs/regressor/SHIPPED.md`), then refitted on\n"
+           f"train + tune ({rm['n_train']} images) for its fixed number of epochs, keeping the last (a final fit: nothing selected)."
+           if "tune" in fit_splits(rm) else
+           f"Regressor fitted on train images (up to {rm['n_train']}: see each command below), epochs chosen on\n"
+           f"{rm['n_tune']} tune images; the model was chosen among candidates on tune (`train/runs/regressor/SHIPPED.md`).")
+        + " Val was used for nothing but these numbers.",
         *(["Pre-training: the 12,611 low-resolution (100x100, squashed) RSNA images minus the 269 val ids (their",
            "low-res copies would leak val); tune ids only monitor."
            + (" Each was first narrowed to the train originals' median width/height (0.79)." if unsquashed else "")]

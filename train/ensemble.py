@@ -29,6 +29,7 @@ from edgeba.preprocess import PreprocessConfig
 from edgeba.training.crops import load_crop_cache
 from edgeba.training.nets import average_regressors
 from edgeba.training.regressor import RegressorConfig, write_metrics
+from edgeba.training.report import fit_splits
 
 
 def average_weights(weights: list[list]) -> list:
@@ -84,11 +85,11 @@ def main(argv=None) -> dict:
     (a.run_dir / "config.json").write_text(json.dumps({**cfg.to_dict(), "target": target, **how, "cache": str(a.cache)}, indent=2))
     cache = load_crop_cache(a.cache)
     member_metrics = [json.loads((r / "metrics.json").read_text()) for r in a.members]
-    fit_splits = sorted({s for m in member_metrics for s in m.get("fit_splits", ["train"])}, key=["train", "tune"].index)
+    fitted = sorted({s for m in member_metrics for s in fit_splits(m)}, key=["train", "tune"].index)
     result = write_metrics(model, cache, cfg, target, a.run_dir, max(m["n_train"] for m in member_metrics),
-                           max(m["n_tune"] for m in member_metrics), fit_splits=fit_splits, **how)
+                           max(m["n_tune"] for m in member_metrics), fit_splits=fitted, **how)
     # val is in metrics.json, for reporting only; members that fitted tune make the tune number in-sample
-    print(json.dumps({("fitted_tune_mae" if "tune" in fit_splits else "tune_mae"): result["tune"]["plain"]["mae"]}))
+    print(json.dumps({("fitted_tune_mae" if "tune" in fitted else "tune_mae"): result["tune"]["plain"]["mae"]}))
     return result
 
 

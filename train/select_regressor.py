@@ -21,6 +21,7 @@ from edgeba.io import load_image
 from edgeba.preprocess import PreprocessConfig, regressor_input
 from edgeba.quality import mask_quality
 from edgeba.training.crops import read_mask
+from edgeba.training.report import fit_splits
 
 CANDIDATES = ("relu_sex_enh_seg", "relu_sex_enh_seg_s1", "thesis_sex_enh_seg", "relu_sex_enh_noseg")  # the first selection
 
@@ -34,8 +35,7 @@ def main(argv=None) -> None:
     a = p.parse_args(argv)
     confs = {run: json.loads((a.runs / run / "config.json").read_text()) for cand in a.candidates for run in cand.split("+")}
     for run in confs:
-        fitted = json.loads((a.runs / run / "metrics.json").read_text()).get("fit_splits", ["train"])
-        if a.split in fitted:  # a final fit (--fit-tune): its score on this split would be in-sample
+        if a.split in fit_splits(json.loads((a.runs / run / "metrics.json").read_text())):  # a final fit (--fit-tune): its score on this split would be in-sample
             raise SystemExit(f"{run} was fitted on {a.split}: it cannot be selected on it")
     # Each candidate gets the inputs of its own preprocessing (input size, crop or not).
     pps = {json.dumps(c["preprocess"], sort_keys=True): PreprocessConfig.from_dict(c["preprocess"]) for c in confs.values()}

@@ -28,7 +28,7 @@ from edgeba.training.nets import VARIANTS, build_regressor, copy_weights, count_
 
 @dataclass
 class RegressorConfig:
-    variant: str = "relu"  # "relu" (INT8-friendly), "relu_blur" (anti-aliased pooling) or "thesis" (ELU, faithful baseline)
+    variant: str = "relu"  # "relu" (INT8-friendly), "thesis" (ELU, faithful baseline) or another of nets.VARIANTS
     sex_input: bool = True
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
     epochs: int = 120

@@ -68,9 +68,14 @@ def plot_run(run: Path, out: Path, std: float) -> None:
     plt.close(fig)
 
 
+def fit_splits(metrics: dict) -> list[str]:
+    """The splits a run was fitted on, from its metrics.json (runs made before `--fit-tune`: train)."""
+    return metrics.get("fit_splits", ["train"])
+
+
 def tune_cell(m: dict) -> str:
     """The tune MAE, marked "(fitted)" when the run fitted the tune images (a final fit): in-sample."""
-    return f"{m['tune']['plain']['mae']:.2f}" + (" (fitted)" if "tune" in m.get("fit_splits", ["train"]) else "")
+    return f"{m['tune']['plain']['mae']:.2f}" + (" (fitted)" if "tune" in fit_splits(m) else "")
 
 
 def table(runs: list[Path]) -> str:
