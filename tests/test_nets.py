@@ -64,3 +64,25 @@ def test_relu_s2_sees_twice_the_pixels_for_the_same_cost_and_takes_relu_weights(
     copy_weights(relu, s2)
     for a, b in zip(relu.get_weights(), s2.get_weights()):
         np.testing.assert_array_equal(a, b)
+
+
+def test_relu_hr_starts_as_relu_on_the_2x2_averaged_image():
+    """relu weights loaded into relu_hr at 2N px give relu's output at N px on the 2x2-averaged image
+    (the stem's 6x6 stride-2 kernel covers the 3x3 neighbourhood exactly), for +4x the stem's MACs."""
+
+    relu, hr = build_regressor("relu", 128), build_regressor("relu_hr", 256)
+    rng = np.random.default_rng(0)
+    for w in relu.weights:  # non-trivial BatchNorm statistics, so a misalignment cannot hide
+        if "moving_variance" in w.path:
+            w.assign(rng.uniform(0.5, 2.0, w.shape).astype(np.float32))
+        elif "moving_mean" in w.path:
+            w.assign(rng.normal(0, 0.1, w.shape).astype(np.float32))
+    copy_weights(relu, hr)
+    x = rng.uniform(0, 1, (2, 256, 256, 1)).astype(np.float32)
+    sex = np.array([[0.0], [1.0]], np.float32)
+    half = x.reshape(2, 128, 2, 128, 2, 1).mean(axis=(2, 4))
+    np.testing.assert_allclose(hr.predict({"image": x, "sex": sex}, verbose=0),
+                               relu.predict({"image": half, "sex": sex}, verbose=0), rtol=1e-4, atol=1e-4)
+    stem = hr.get_layer("b1_conv3")
+    assert stem.kernel.shape == (6, 6, 1, 32) and stem.output.shape[1:3] == (128, 128)
+    assert count_macs(hr) - count_macs(relu) == 128 * 128 * 32 * (36 - 9)
