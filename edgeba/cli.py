@@ -210,7 +210,9 @@ def evaluate(
         typer.echo(f"edgeba: failed: {image_id}: {why}", err=True)
     if ev.metrics is None:
         _fail(f"all {n} images failed; no metrics")
-    m = ev.metrics
+    from edgeba.metrics import mae_interval
+
+    m = {**ev.metrics, "mae_ci95": list(mae_interval([r["true"] for r in ev.rows], [r["predicted"] for r in ev.rows]))}
     if as_json:
         typer.echo(_dumps(m))
     else:
@@ -218,6 +220,8 @@ def evaluate(
         typer.echo(f"model {predictor.manifest.name}, backend {predictor.backend}{views}, n = {m['n']}")
         for key, label in (("mae", "MAE"), ("mse", "MSE"), ("rmse", "RMSE"), ("max_error", "max error"), ("mean_error", "mean error")):
             typer.echo(f"  {label:<21}{m[key]:10.2f} months" + ("²" if key == "mse" else ""))
+            if key == "mae":
+                typer.echo(f"  {'  95 % interval':<21}{m['mae_ci95'][0]:6.2f} - {m['mae_ci95'][1]:.2f} (bootstrap over the {m['n']} images)")
         typer.echo(f"  {'mean relative error':<21}{m['mean_relative_error'] * 100:10.2f} %")
     if ev.failures:
         typer.echo(f"edgeba: {len(ev.failures)} of {n} images failed and are not in the metrics", err=True)

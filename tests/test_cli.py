@@ -204,11 +204,12 @@ def _labels(tmp_path, ids, extra=""):
     return f
 
 
-def test_evaluate_json_has_exactly_the_thesis_keys(model_dir, tmp_path):
+def test_evaluate_json_has_the_thesis_keys_and_the_mae_interval(model_dir, tmp_path):
     proc = run_cli("evaluate", rsna_root() / "train", _labels(tmp_path, GOOD_IDS), "--model", model_dir, "--json")
     assert proc.returncode == 0, proc.stderr
     m = json.loads(proc.stdout)
-    assert tuple(m) == METRIC_KEYS and m["n"] == len(GOOD_IDS)
+    assert tuple(m) == METRIC_KEYS + ("mae_ci95",) and m["n"] == len(GOOD_IDS)
+    assert m["mae_ci95"][0] <= m["mae"] <= m["mae_ci95"][1]
     assert m["rmse"] == pytest.approx(m["mse"] ** 0.5) and m["max_error"] >= m["mae"] >= abs(m["mean_error"])
 
 
@@ -217,6 +218,7 @@ def test_evaluate_text_and_failures(fixture_model, tmp_path):
     proc = run_cli("evaluate", rsna_root() / "train", labels, "--model", fixture_model)
     assert proc.returncode == 1  # one image missing: metrics still printed, failure reported
     assert "MAE" in proc.stdout and "mean relative error" in proc.stdout and f"n = {len(GOOD_IDS)}" in proc.stdout
+    assert "95 % interval" in proc.stdout and f"bootstrap over the {len(GOOD_IDS)} images" in proc.stdout
     assert "99999999: no image with this id" in proc.stderr and "1 of 3 images failed" in proc.stderr
 
 

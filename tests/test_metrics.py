@@ -38,3 +38,15 @@ def test_mismatched_or_empty_inputs_raise():
 def test_mae_by_group():
     out = metrics.mae_by_group(np.array([10, 20, 30]), np.array([12, 20, 35]), ["f", "m", "f"])
     assert out == {"f": {"mae": 3.5, "n": 2}, "m": {"mae": 0.0, "n": 1}}
+
+
+def test_mae_interval_brackets_the_mae_narrows_with_more_images_and_is_reproducible():
+    rng = np.random.default_rng(1)
+    truth = rng.uniform(20, 220, 1000)
+    pred = truth + rng.normal(0, 12, 1000)
+    small, large = metrics.mae_interval(truth[:100], pred[:100]), metrics.mae_interval(truth, pred)
+    assert small[0] < metrics.mae(truth[:100], pred[:100]) < small[1]
+    assert large[0] < metrics.mae(truth, pred) < large[1]
+    assert large[1] - large[0] < 0.5 * (small[1] - small[0])  # width ~ 1/sqrt(n): 1/sqrt(10) here
+    assert metrics.mae_interval(truth, pred) == large
+    assert metrics.mae_interval([10, 20], [13, 23]) == pytest.approx((3.0, 3.0))  # no spread, no interval

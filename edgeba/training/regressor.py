@@ -197,6 +197,7 @@ def report_split(model, cache, cfg, target, split, run_dir: Path) -> dict:
         pred = predict_months(model, cache["crops"][sel], cache["male"][sel], cfg, target, tta)
         true = cache["age"][sel]
         m = metrics.all_metrics(true, pred)
+        m["mae_ci95"] = list(metrics.mae_interval(true, pred))
         qc = cache["mask_ok"][sel]
         m["mae_mask_qc_ok"] = {"mae": metrics.mae(true[qc], pred[qc]), "n": int(qc.sum())}
         m["mae_by_sex"] = {("male" if k else "female"): v for k, v in metrics.mae_by_group(true, pred, cache["male"][sel].astype(int)).items()}
