@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import re
 from pathlib import Path
@@ -87,6 +88,15 @@ def describe_regressor(reg_run: Path, rm: dict) -> str:
     return f"ReLU variant of the thesis network, {kind}"
 
 
+def val_interval(run: Path) -> tuple[float, float]:
+    """95 % bootstrap interval of the run's val MAE, from its stored one-view val predictions."""
+    from edgeba.metrics import mae_interval
+
+    with open(run / "predictions_val.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    return mae_interval([float(r["boneage_months"]) for r in rows], [float(r["predicted_months"]) for r in rows])
+
+
 def card(model_dir: Path, reg_run: Path, unet_run: Path) -> str:
     from edgeba.training.report import fit_splits
 
@@ -102,6 +112,7 @@ def card(model_dir: Path, reg_run: Path, unet_run: Path) -> str:
     parity = m.get("metrics", {}).get("parity", {})
     default_bytes = sum(e.get("bytes", 0) for s in m["stages"].values() for f, e in s.items() if f == "tflite-int8")
     pp = m["preprocess"]
+    lo, hi = val_interval(reg_run)
     lines = [
         f"# Model card: {m['name']}",
         "",
@@ -135,7 +146,7 @@ def card(model_dir: Path, reg_run: Path, unet_run: Path) -> str:
           if pretrained else []),
         "",
         "## Metrics (val, 269 images, float Keras, one view)",
-        f"MAE {v['mae']:.2f}, MSE {v['mse']:.1f}, RMSE {v['rmse']:.2f}, max error {v['max_error']:.1f},"
+        f"MAE {v['mae']:.2f} (95 % interval {lo:.2f}-{hi:.2f}, bootstrap over the images), MSE {v['mse']:.1f}, RMSE {v['rmse']:.2f}, max error {v['max_error']:.1f},"
         f" mean error {v['mean_error']:+.2f}, mean relative error {v['mean_relative_error']:.3f} (months).",
         f"By sex: " + ", ".join(f"{k} {x['mae']:.2f} (n={x['n']})" for k, x in v["mae_by_sex"].items()) + ".",
         f"By age band: " + ", ".join(f"{k} {x['mae']:.2f} (n={x['n']})" for k, x in v["mae_by_age_band"].items()) + ".",
@@ -169,7 +180,8 @@ def card(model_dir: Path, reg_run: Path, unet_run: Path) -> str:
         "## Limits",
         f"- Trained on {rm['n_train']} images from one public dataset; sites, devices and populations outside RSNA are untested.",
         f"- Val MAE {v['mae']:.2f} months: " + ("within" if v["mae"] <= 9.0 else "misses") + " the project's 9.0-month target"
-        " (measured on our own val split; an independent test set may differ).",
+        f" (measured on our own val split, {v['n']} images: 95 % bootstrap interval {lo:.2f}-{hi:.2f};"
+        " an independent test set may differ).",
         "- Ages under 2 years are rare in the training data (val n=2).",
         "",
     ]
