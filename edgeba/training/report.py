@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import sys
 from pathlib import Path
 
 import matplotlib
@@ -102,6 +103,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", type=Path, required=True)
     a = p.parse_args(argv)
     a.out.mkdir(parents=True, exist_ok=True)
+    # A shell glob over train/runs/regressor also matches SHIPPED.md and the low-res pre-training runs,
+    # which have no val images (val ids are left out of their cache): report what can be reported.
+    skipped = [r for r in a.runs if not (r / "predictions_val.csv").is_file()]
+    for r in skipped:
+        print(f"skipped {r}: no val predictions (not a run, or a low-res pre-training run)", file=sys.stderr)
+    a.runs = [r for r in a.runs if r not in skipped]
     for run in a.runs:
         std = json.loads((run / "metrics.json").read_text())["target"]["std"]
         plot_run(run, a.out, std)
