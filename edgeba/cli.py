@@ -210,9 +210,7 @@ def evaluate(
         typer.echo(f"edgeba: failed: {image_id}: {why}", err=True)
     if ev.metrics is None:
         _fail(f"all {n} images failed; no metrics")
-    from edgeba.metrics import mae_interval
-
-    m = {**ev.metrics, "mae_ci95": list(mae_interval([r["true"] for r in ev.rows], [r["predicted"] for r in ev.rows]))}
+    m = ev.metrics
     if as_json:
         typer.echo(_dumps(m))
     else:

@@ -13,12 +13,12 @@ from pathlib import Path
 
 from edgeba.batch import IMAGE_SUFFIXES
 from edgeba.errors import EdgebaError, InputError
-from edgeba.metrics import all_metrics
+from edgeba.metrics import all_metrics, mae_interval
 
 
 @dataclass
 class Evaluation:
-    metrics: dict | None  # None when no image succeeded
+    metrics: dict | None  # the thesis metrics and the MAE's 95 % interval; None when no image succeeded
     failures: list[tuple[str, str]] = field(default_factory=list)  # (id, one-line reason)
     rows: list[dict] = field(default_factory=list)  # id, true, predicted, male
 
@@ -76,5 +76,6 @@ def evaluate(images_dir, labels_csv, predict: Callable[[Path, str], float], prog
             continue
         ev.rows.append({"id": lab["id"], "true": lab["boneage_months"], "predicted": months, "male": lab["male"]})
     if ev.rows:
-        ev.metrics = all_metrics([r["true"] for r in ev.rows], [r["predicted"] for r in ev.rows])
+        true, pred = [r["true"] for r in ev.rows], [r["predicted"] for r in ev.rows]
+        ev.metrics = {**all_metrics(true, pred), "mae_ci95": list(mae_interval(true, pred))}
     return ev

@@ -7,7 +7,6 @@
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import re
 from pathlib import Path
@@ -91,10 +90,10 @@ def describe_regressor(reg_run: Path, rm: dict) -> str:
 def val_interval(run: Path) -> tuple[float, float]:
     """95 % bootstrap interval of the run's val MAE, from its stored one-view val predictions."""
     from edgeba.metrics import mae_interval
+    from edgeba.training.report import read_columns
 
-    with open(run / "predictions_val.csv", newline="") as f:
-        rows = list(csv.DictReader(f))
-    return mae_interval([float(r["boneage_months"]) for r in rows], [float(r["predicted_months"]) for r in rows])
+    p = read_columns(run / "predictions_val.csv")
+    return mae_interval(p["boneage_months"], p["predicted_months"])
 
 
 def card(model_dir: Path, reg_run: Path, unet_run: Path) -> str:

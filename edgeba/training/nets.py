@@ -43,18 +43,19 @@ def _pool(x, variant: str, name: str):
     return blur(x)
 
 
-def _block(x, filters: int, variant: str, name: str, stride: int = 1):
+def _block(x, filters: int, variant: str, name: str, first: bool = False):
     if variant == "thesis":
         x = layers.Conv2D(filters, 3, padding="same", activation="elu", name=f"{name}_conv3")(x)
         x = layers.Conv2D(filters, 1, activation="elu", name=f"{name}_conv1")(x)
         x = layers.BatchNormalization(name=f"{name}_bn")(x)
     else:
         for k in (3, 1):
-            if k == 3 and variant == "relu_hr" and name == "b1":  # 3x3 at half resolution, in 2x2 sub-pixels
+            if k == 3 and first and variant == "relu_hr":  # 3x3 at half resolution, in 2x2 sub-pixels
                 x = layers.ZeroPadding2D(2, name=f"{name}_pad")(x)
                 x = layers.Conv2D(filters, 6, strides=2, use_bias=False, name=f"{name}_conv3")(x)
             else:
-                x = layers.Conv2D(filters, k, strides=stride if k == 3 else 1, padding="same", use_bias=False, name=f"{name}_conv{k}")(x)
+                stride = 2 if k == 3 and first and variant == "relu_s2" else 1
+                x = layers.Conv2D(filters, k, strides=stride, padding="same", use_bias=False, name=f"{name}_conv{k}")(x)
             x = layers.BatchNormalization(name=f"{name}_bn{k}")(x)
             x = layers.ReLU(name=f"{name}_relu{k}")(x)
     return _pool(x, variant, f"{name}_pool")
@@ -67,7 +68,7 @@ def build_regressor(variant: str = "relu", input_size: int = 256, sex_input: boo
     image = keras.Input((input_size, input_size, 1), name="image")
     x = image
     for i, f in enumerate(WIDTHS):
-        x = _block(x, f, variant, f"b{i + 1}", stride=2 if variant == "relu_s2" and i == 0 else 1)
+        x = _block(x, f, variant, f"b{i + 1}", first=i == 0)
     if variant == "thesis":
         x = layers.Conv2D(64, 3, padding="same", activation="elu", name="top_conv")(x)
         x = layers.BatchNormalization(name="top_bn")(x)

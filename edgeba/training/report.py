@@ -19,7 +19,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 
-def _csv(path: Path) -> dict[str, np.ndarray]:
+def read_columns(path: Path) -> dict[str, np.ndarray]:
+    """A run's CSV (history.csv, predictions_*.csv) as one float array per column, the id column left out."""
     with open(path, newline="") as f:
         rows = list(csv.DictReader(f))
     # Keras' CSVLogger writes "NA" for a metric it did not compute (tune metrics of a final fit).
@@ -28,7 +29,7 @@ def _csv(path: Path) -> dict[str, np.ndarray]:
 
 def plot_loss(run: Path, out: Path, std: float) -> None:
     name = run.name
-    h = _csv(run / "history.csv")
+    h = read_columns(run / "history.csv")
     fig, ax = plt.subplots(1, 2, figsize=(10, 3.6))
     fitted = np.isnan(h.get("val_loss", [np.nan])).all()  # a final fit (--fit-tune) has no tune curve: tune is fitted
     ax[0].plot(h["epoch"] + 1, h["loss"], label="train + tune (augmented)" if fitted else "train (augmented)")
@@ -50,7 +51,7 @@ def plot_run(run: Path, out: Path, std: float) -> None:
     name = run.name
     if (run / "history.csv").is_file():  # a combined run (train/ensemble.py) has no curve of its own
         plot_loss(run, out, std)
-    p = _csv(run / "predictions_val.csv")  # one view: what `edgeba predict` does
+    p = read_columns(run / "predictions_val.csv")  # one view: what `edgeba predict` does
     t, y = p["boneage_months"], p["predicted_months"]
     fig, ax = plt.subplots(1, 2, figsize=(10, 4.2))
     ax[0].scatter(t, y, s=8, alpha=0.6, c=np.where(p["male"] > 0, "tab:blue", "tab:red"))
@@ -108,12 +109,13 @@ def main(argv: list[str] | None = None) -> None:
     skipped = [r for r in a.runs if not (r / "predictions_val.csv").is_file()]
     for r in skipped:
         print(f"skipped {r}: no val predictions (not a run, or a low-res pre-training run)", file=sys.stderr)
-    a.runs = [r for r in a.runs if r not in skipped]
-    for run in a.runs:
+    runs = [r for r in a.runs if r not in skipped]
+    for run in runs:
         std = json.loads((run / "metrics.json").read_text())["target"]["std"]
         plot_run(run, a.out, std)
-    (a.out / "table.md").write_text(table(a.runs))
-    print(table(a.runs))
+    text = table(runs)
+    (a.out / "table.md").write_text(text)
+    print(text)
 
 
 if __name__ == "__main__":
