@@ -48,28 +48,53 @@ def build_crop_cache(out: Path, cfg: PreprocessConfig, mask_dir: Path | None, co
                             [c.split for c in cases], mask_ok, crops, command)
 
 
-def build_lowres_cache(out: Path, cfg: PreprocessConfig, unsquash: bool = False, command: str = "") -> Path:
+def build_lowres_cache(out: Path, cfg: PreprocessConfig, unsquash: bool = False, command: str = "",
+                       unet: Path | None = None) -> Path:
     """Crop cache of the 12,611 low-resolution images (100x100, squashed) for pre-training.
 
     Ids of the fixed split keep their split (so tune still only monitors); every other id is `train`.
     Val ids are left out entirely: their low-res copies must never be trained on.
     unsquash: first narrow each image to the typical original width/height (dataset.typical_aspect, about
-    0.79), so its hand has the proportions of the letterboxed full-resolution images the model is fine-tuned on."""
-    if cfg.segment:
-        raise ValueError("the low-res images have no masks: use segment=False")
+    0.79), so its hand has the proportions of the letterboxed full-resolution images the model is fine-tuned on.
+    With cfg.segment the low-res images have no masks of their own: `unet` (a Keras U-Net, e.g. the
+    default model's unet.keras) segments each one as the runtime would, and mask_ok records its QC."""
+    if cfg.segment and unet is None:
+        raise ValueError("the low-res images have no masks: pass unet= (a U-Net .keras) or use segment=False")
     split_of = {c.id: c.split for c in dataset.cases()}
     rows = [r for r in dataset.lowres_table() if split_of.get(r["id"], "train") != "val"]
     aspect = dataset.typical_aspect() if unsquash else 1.0
-    crops = np.zeros((len(rows), cfg.input_size, cfg.input_size), np.uint8)
-    for i, r in enumerate(track(rows, description=f"crops {out.name}")):
+    images = []
+    for r in track(rows, description=f"load {out.name}"):
         pixels = load_image(dataset.rsna_root() / "lowres" / f"{r['id']}.png").pixels
         if unsquash:
             h, w = pixels.shape
             pixels = cv2.resize(pixels, (round(w * aspect), h), interpolation=cv2.INTER_AREA)
-        crops[i] = crop_u8(pixels, None, cfg)
+        images.append(pixels)
+    masks = unet_masks(unet, images, cfg.unet_size) if cfg.segment else [None] * len(images)
+    crops = np.zeros((len(rows), cfg.input_size, cfg.input_size), np.uint8)
+    mask_ok = np.ones(len(rows), bool)
+    for i, (pixels, mask) in enumerate(zip(images, masks)):
+        if mask is not None:
+            mask_ok[i] = mask_quality(mask).ok and mask.any()
+            if not mask.any():
+                continue  # nothing to crop: stays black and is excluded from fitting (mask_ok False)
+        crops[i] = crop_u8(pixels, mask, cfg)
     return write_crop_cache(out, cfg, [r["id"] for r in rows], [float(r["boneage_months"]) for r in rows],
                             [int(r["male"]) for r in rows], [split_of.get(r["id"], "train") for r in rows],
-                            np.ones(len(rows), bool), crops, command)
+                            mask_ok, crops, command)
+
+
+def unet_masks(unet: Path, images: list[np.ndarray], size: int) -> list[np.ndarray]:
+    """Each image's hand mask from a Keras U-Net, through the runtime's own input and mask steps."""
+    import keras
+
+    from edgeba.segment import mask_from_prob, unet_input
+    from edgeba.training.unet import predict_probs
+
+    model = keras.saving.load_model(unet, compile=False)
+    feeds = [unet_input(p, size) for p in images]
+    probs = predict_probs(model, np.stack([x for x, _ in feeds]))
+    return [mask_from_prob(pr, box, p.shape) for pr, (_, box), p in zip(probs, feeds, images)]
 
 
 def write_crop_cache(out: Path, cfg: PreprocessConfig, ids, age, male, split, mask_ok, crops: np.ndarray, command: str = "") -> Path:
@@ -117,13 +142,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--masks", type=Path, help="folder of <id>.png hand masks (needed unless --no-segment)")
     p.add_argument("--size", type=int, default=PreprocessConfig.input_size)
     p.add_argument("--no-segment", action="store_true", help="plain letterbox of the whole image (ablation)")
-    p.add_argument("--lowres", action="store_true", help="the 100x100 low-res images (pre-training; implies --no-segment)")
+    p.add_argument("--lowres", action="store_true", help="the 100x100 low-res images (pre-training; --no-segment unless --unet)")
     p.add_argument("--unsquash", action="store_true", help="with --lowres: restore the typical hand proportions first")
+    p.add_argument("--unet", type=Path, help="with --lowres and segmentation: the U-Net (.keras) that masks each image")
     a = p.parse_args(argv)
     command = shlex.join(["python", "-m", "edgeba.training.crops", *(sys.argv[1:] if argv is None else argv)])
-    cfg = PreprocessConfig(input_size=a.size, segment=not (a.no_segment or a.lowres))
+    cfg = PreprocessConfig(input_size=a.size, segment=not (a.no_segment or (a.lowres and a.unet is None)))
     if a.lowres:
-        build_lowres_cache(a.out, cfg, unsquash=a.unsquash, command=command)
+        build_lowres_cache(a.out, cfg, unsquash=a.unsquash, command=command, unet=a.unet)
         return
     if cfg.segment and a.masks is None:
         p.error("--masks is required unless --no-segment")

@@ -19,6 +19,7 @@ relu_hr: relu fed twice the resolution with a 6x6 first conv at stride 2 (zero p
         it sees a quarter of that area) and fine-tuning can learn the detail. +0.057 GMAC at 512 px.
 All: then Conv 64 -> BN -> MaxPool, Dropout, GlobalAveragePooling, and a head that optionally
 takes the patient's sex (input "sex", 1 = male, 0 = female).
+effnet_lite0: EfficientNet-Lite0 with ImageNet weights (edgeba/training/effnet.py), same inputs and output.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import numpy as np
 from keras import layers
 
 WIDTHS = (32, 64, 128, 128, 256, 384)
-VARIANTS = ("thesis", "relu", "relu_blur", "relu_s2", "relu_hr")
+VARIANTS = ("thesis", "relu", "relu_blur", "relu_s2", "relu_hr", "effnet_lite0")
 BLUR = np.outer([1, 2, 1], [1, 2, 1]).astype(np.float32) / 16  # binomial low-pass, sums to 1
 
 
@@ -65,6 +66,10 @@ def build_regressor(variant: str = "relu", input_size: int = 256, sex_input: boo
     """Output: normalised bone age ((months - mean) / std), shape (batch, 1)."""
     if variant not in VARIANTS:
         raise ValueError(f"variant must be one of {VARIANTS}")
+    if variant == "effnet_lite0":
+        from edgeba.training import effnet
+
+        return effnet.build(input_size, sex_input, dropout)
     image = keras.Input((input_size, input_size, 1), name="image")
     x = image
     for i, f in enumerate(WIDTHS):

@@ -249,7 +249,11 @@ def train(cache_path: Path, run_dir: Path, cfg: RegressorConfig, workers: int = 
 
     mix = load_mix_pool(cfg, target) if cfg.mix_per_batch else None
     model = build_regressor(cfg.variant, cfg.preprocess.input_size, cfg.sex_input, cfg.dropout)
-    if init_from is not None:  # fine-tuning / annealing a finished run (e.g. on the CPU after a GPU run)
+    if init_from is not None and Path(init_from).suffix == ".npz":  # ImageNet backbone (effnet_lite0)
+        from edgeba.training.effnet import load_imagenet
+
+        load_imagenet(model, init_from)
+    elif init_from is not None:  # fine-tuning / annealing a finished run (e.g. on the CPU after a GPU run)
         copy_weights(keras.models.load_model(init_from), model)
     train_data = CropBatches(cache["crops"][tr], cache["male"][tr], norm[tr], cfg, True, mix=mix, workers=workers, use_multiprocessing=False, max_queue_size=8)
     model.compile(optimizer=keras.optimizers.Adam(lr_schedule(cfg, len(train_data))), loss=training_loss(cfg.loss), metrics=["mae"])
@@ -311,7 +315,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, Regre
     p.add_argument("--patience", type=int, default=30)
     p.add_argument("--time-budget", type=float, default=0.0, help="seconds of training before stopping")
     p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--init-from", type=Path, help="start from this model's weights (fine-tune / anneal)")
+    p.add_argument("--init-from", type=Path, help="start from this model's weights (fine-tune / anneal), or from "
+                   "ImageNet weights (.npz, --variant effnet_lite0: ../shared/weights/efficientnet_lite0_imagenet.npz)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--loss", choices=("mse", "huber", "mae"), default="mse")
     p.add_argument("--warmup-epochs", type=float, default=0.0, help="linear LR warm-up before the cosine decay")
