@@ -332,7 +332,7 @@ def bench(ctx: typer.Context) -> None:
 @_guarded
 def serve(
     host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on; 0.0.0.0 opens the page to the whole network (see README)."),
-    port: int = typer.Option(8000, "--port", min=1, max=65535),
+    port: int = typer.Option(8000, "--port", min=0, max=65535, help="0 = any free port (printed)."),
     backend: Backend = typer.Option(Backend.auto, "--backend", case_sensitive=False, help="Runtime; auto = fastest installed INT8 runtime here."),
     model: Optional[Path] = typer.Option(None, "--model", help="Model directory with manifest.json (default: the shipped INT8 model)."),
     threads: Optional[int] = typer.Option(None, "--threads", min=1, help="CPU threads (default: all available)."),
@@ -342,7 +342,7 @@ def serve(
     web = _import_stage("edgeba.serve", "serve", "[serve]")
     sock = web.bind(host, port)  # before loading the model: a busy port fails at once
     predictor = _predictor(model, backend, threads)  # loaded once; every request shares it
-    url = f"http://{'localhost' if web.is_loopback(host) else host}:{sock.getsockname()[1]}/"
+    url = f"http://{f'[{host}]' if ':' in host else host}:{sock.getsockname()[1]}/"
     typer.echo(f"edgeba serve: model {predictor.manifest.name}, backend {predictor.backend}; open {url} (Ctrl+C stops)")
     if not web.is_loopback(host):
         typer.echo(f"edgeba serve: warning: listening on {host}: anyone who can reach this machine can upload images "

@@ -6,6 +6,7 @@ Everything the page needs ships in edgeba/serve/static (no CDN, no build step), 
 from __future__ import annotations
 
 import ipaddress
+import logging
 import socket
 from pathlib import Path
 
@@ -42,4 +43,9 @@ def serve(sock: socket.socket, predictor, model_dir: str | Path | None = None, m
     """Serve until interrupted. No access log: request lines would put patients' file names in it."""
     app = create_app(predictor, model_dir, max_upload)
     config = uvicorn.Config(app, access_log=False, log_level="warning", limit_concurrency=64, timeout_keep_alive=5)
-    uvicorn.Server(config).run(sockets=[sock])
+    # python-multipart logs each malformed body it meets; the client already gets a 400 saying so.
+    logging.getLogger("python_multipart").setLevel(logging.ERROR)
+    try:
+        uvicorn.Server(config).run(sockets=[sock])
+    except KeyboardInterrupt:  # uvicorn re-raises the Ctrl+C it handled: for a server that is the normal stop
+        pass
