@@ -34,6 +34,7 @@ def bind(host: str, port: int) -> socket.socket:
         sock = socket.socket(info[0], socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(info[4])
+        sock.listen(128)  # from now on connections queue up, so the printed URL works at once
     except OSError as exc:
         raise EdgebaError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
     return sock

@@ -123,7 +123,8 @@ function showResult(c, j) {
     if (w === null) li.className = "none";
     return li;
   }));
-  field("engine", `${j.backend} (${Object.values(j.formats || {}).join(", ")}), model ${j.model}`);
+  field("engine", `${j.backend} (${[...new Set(Object.values(j.formats || {}))].join(", ")}), model ${j.model}`);
+  $(".estimated-at", card).textContent = new Date().toLocaleString();
   field("file", j.file);
   $(".overlay", card).src = j.overlay_png;
   $(".result", card).hidden = false;
@@ -200,8 +201,6 @@ function downloadCsv() {
 }
 
 function printCases(only) {
-  const stamp = new Date().toLocaleString();
-  document.querySelectorAll(".printed-at").forEach(e => { e.textContent = stamp; });
   document.body.classList.toggle("print-one", !!only);
   cases.forEach(c => c.card.classList.toggle("printing", c === only));
   window.print();
