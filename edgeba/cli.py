@@ -342,7 +342,8 @@ def serve(
     web = _import_stage("edgeba.serve", "serve", "[serve]")
     sock = web.bind(host, port)  # before loading the model: a busy port fails at once
     predictor = _predictor(model, backend, threads)  # loaded once; every request shares it
-    url = f"http://{f'[{host}]' if ':' in host else host}:{sock.getsockname()[1]}/"
+    shown = "<this machine's address>" if host in ("0.0.0.0", "::") else f"[{host}]" if ":" in host else host
+    url = f"http://{shown}:{sock.getsockname()[1]}/"
     typer.echo(f"edgeba serve: model {predictor.manifest.name}, backend {predictor.backend}; open {url} (Ctrl+C stops)")
     if not web.is_loopback(host):
         typer.echo(f"edgeba serve: warning: listening on {host}: anyone who can reach this machine can upload images "

@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import base64
 import json
+import socket
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -310,3 +313,35 @@ def test_live_server_parallel_uploads_memory_and_privacy(real_grey):
         output = server.stop()
     assert server.proc.returncode == 0, output
     assert "DOE" not in output and "api/predict" not in output and "POST" not in output, output
+
+
+# --- the command -----------------------------------------------------------------------------------
+
+
+def one_line_error(proc) -> str:
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("edgeba: error: "), proc.stderr
+    return lines[0]
+
+
+def test_serve_without_the_extra_says_which_to_install():
+    code = "import sys; sys.modules['starlette'] = None; sys.argv = ['edgeba', 'serve']; from edgeba.cli import app; app()"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert "pip install 'edgeba[serve]'" in one_line_error(proc)
+
+
+def test_serve_on_a_busy_port_or_a_bad_model_is_one_line(tmp_path):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        assert f"cannot listen on 127.0.0.1:{port}" in one_line_error(run_cli("serve", "--port", port))
+    assert "not a model directory" in one_line_error(run_cli("serve", "--port", "0", "--model", tmp_path))
+
+
+def test_only_loopback_is_private():
+    from edgeba.serve import is_loopback
+
+    assert all(is_loopback(h) for h in ("127.0.0.1", "::1", "localhost", "127.0.0.2"))
+    assert not any(is_loopback(h) for h in ("0.0.0.0", "::", "192.168.1.20", "clinic-pi"))
