@@ -130,6 +130,11 @@ def test_upload_estimate_equals_the_cli(browser, server, downloads):
     assert [r["file"] for r in table] == [p.name for p in images]
     assert [round(float(r["bone_age_months"]), 1) for r in table] == [float(field(c, "bone_age_months")) for c in cards]
 
+    # The interval, once the model's JSON has one (`interval_months: [lo, hi]`, robustness work): shown as given.
+    browser.execute_script("showResult(cases[1], {...cases[1].result, interval_months: [150.24, 170.91]})")
+    assert cards[1].find_element(By.CSS_SELECTOR, ".interval").text == "Uncertainty interval: 150.2 to 170.9 months"
+    assert "[150-171]" in rows[1].text and not cards[0].find_element(By.CSS_SELECTOR, ".interval").is_displayed()
+
     # Print: one A4 page per patient, no controls, each with its estimate and overlay.
     pdf = base64.b64decode(browser.print_page(a4()))
     assert len(re.findall(rb"/Type\s*/Page\b", pdf)) == len(images)
