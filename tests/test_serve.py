@@ -197,6 +197,8 @@ def test_bad_requests(client):
     broken = b"--b\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.png\"\r\n\r\nabc"  # never closed
     resp = client.post("/api/predict", content=broken, headers={"content-type": "multipart/form-data; boundary=b"})
     error(resp, 400)
+    as_file = {"file": ("a.png", b"x"), "sex": ("sex.txt", b"male")}
+    assert "Too many files" in error(client.post("/api/predict", files=as_file), 400)  # only 'file' may be a file
     error(client.get("/api/predict"), 405)
     error(client.get("/no/such/page"), 404)
 

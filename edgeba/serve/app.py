@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import json
 import logging
 import os
 import re
@@ -48,8 +49,15 @@ class UploadTooLarge(Exception):
     pass
 
 
+class _JSON(JSONResponse):
+    """JSON that tolerates numpy scalars and arrays (mask QC metrics), as `predict --json` does."""
+
+    def render(self, content) -> bytes:
+        return json.dumps(content, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o)).encode("utf-8")
+
+
 def _error(status: int, message: str) -> JSONResponse:
-    return JSONResponse({"error": " ".join(str(message).split())[:300]}, status_code=status)
+    return _JSON({"error": " ".join(str(message).split())[:300]}, status_code=status)
 
 
 def _safe_name(filename: str | None) -> str:
@@ -81,8 +89,8 @@ def create_app(predictor: Predictor, model_dir: str | Path | None = None, max_up
     # One worker thread runs every prediction, from decoding to the overlay. The runtimes' interpreters
     # and infer requests are not safe to call from two threads at once (TFLite, OpenVINO) and each already
     # uses every core, so nothing is lost; and one thread means one decoded radiograph in memory at a time
-    # and one malloc arena (with a lock instead, 20 parallel uploads on 20 pool threads left 2.5x the
-    # memory of one upload in per-thread arenas; measured in tests/test_serve.py).
+    # and one malloc arena. (A lock around pool threads instead: 20 parallel 13 MP uploads peaked at 2.5x
+    # one upload's memory, left in per-thread arenas; one thread: 1.07x. tests/test_serve.py checks it.)
     model_thread = ThreadPoolExecutor(1, thread_name_prefix="edgeba-model")
 
     async def read_form(request: Request):
@@ -124,8 +132,8 @@ def create_app(predictor: Predictor, model_dir: str | Path | None = None, max_up
                     return work(path, form)
 
             if thread is None:
-                return JSONResponse(await anyio.to_thread.run_sync(run))
-            return JSONResponse(await asyncio.get_running_loop().run_in_executor(thread, run))
+                return _JSON(await anyio.to_thread.run_sync(run))
+            return _JSON(await asyncio.get_running_loop().run_in_executor(thread, run))
         except UploadTooLarge:
             return _error(413, f"the upload is over the {max_upload / 2**20:.0f} MB limit")
         except EdgebaError as exc:
@@ -145,6 +153,7 @@ def create_app(predictor: Predictor, model_dir: str | Path | None = None, max_up
                 await form.close()
 
     def predict_upload(path: Path, form) -> dict:
+        # Text fields: the form holds one file at most (max_files=1), and that is `file`.
         sex = (form.get("sex") or "").strip().lower() or None
         age = chronological_age(form.get("age_months"), form.get("birth_date"), form.get("study_date"))
         pred = predictor.predict(path, sex)
@@ -165,7 +174,7 @@ def create_app(predictor: Predictor, model_dir: str | Path | None = None, max_up
     async def api_info(request: Request):
         """`edgeba info --json`, plus this server's upload limit (the page checks sizes before sending)."""
         data = await anyio.to_thread.run_sync(collect, model_dir)
-        return JSONResponse(data | {"serve": {"max_upload_bytes": max_upload}})
+        return _JSON(data | {"serve": {"max_upload_bytes": max_upload}})
 
     async def index(request: Request):
         return FileResponse(STATIC / "index.html")
