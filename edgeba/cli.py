@@ -1,4 +1,4 @@
-"""The `edgeba` command: one thin command per lifecycle stage (predict, evaluate, info, train, export, bench).
+"""The `edgeba` command: one thin command per lifecycle stage (predict, evaluate, info, train, export, bench, serve).
 
 Start-up time matters on a Raspberry Pi, so this module imports only typer at the top; each command
 imports what it needs. Every expected failure is one line on stderr and a non-zero exit code:
@@ -326,6 +326,29 @@ def bench(ctx: typer.Context) -> None:
         _fail("edgeba.bench has no main(argv) entry point", 3)
     code = mod.main(ctx.args)
     raise typer.Exit(code if isinstance(code, int) else 0)
+
+
+@app.command()
+@_guarded
+def serve(
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on; 0.0.0.0 opens the page to the whole network (see README)."),
+    port: int = typer.Option(8000, "--port", min=0, max=65535, help="0 = any free port (printed)."),
+    backend: Backend = typer.Option(Backend.auto, "--backend", case_sensitive=False, help="Runtime; auto = fastest installed INT8 runtime here."),
+    model: Optional[Path] = typer.Option(None, "--model", help="Model directory with manifest.json (default: the shipped INT8 model)."),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="CPU threads (default: all available)."),
+    max_upload_mb: int = typer.Option(100, "--max-upload-mb", min=1, help="Larger uploads are refused (413)."),
+) -> None:
+    """The clinic web page (needs [serve]): drop radiographs in a browser, read, print or save the bone ages."""
+    web = _import_stage("edgeba.serve", "serve", "[serve]")
+    sock = web.bind(host, port)  # before loading the model: a busy port fails at once
+    predictor = _predictor(model, backend, threads)  # loaded once; every request shares it
+    shown = "<this machine's address>" if host in ("0.0.0.0", "::") else f"[{host}]" if ":" in host else host
+    url = f"http://{shown}:{sock.getsockname()[1]}/"
+    typer.echo(f"edgeba serve: model {predictor.manifest.name}, backend {predictor.backend}; open {url} (Ctrl+C stops)")
+    if not web.is_loopback(host):
+        typer.echo(f"edgeba serve: warning: listening on {host}: anyone who can reach this machine can upload images "
+                   "and read results (plain HTTP, no login); only on a closed clinic network", err=True)
+    web.serve(sock, predictor, model, max_upload_mb * 1024 * 1024)
 
 
 def main() -> None:  # pragma: no cover - console entry point alias
