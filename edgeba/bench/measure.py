@@ -291,15 +291,19 @@ def derive(r: dict) -> dict:
     most = max(rates, default=1)
     targets = [
         _target("fastest INT8 vs keras float, e2e, 1 thread", fastest and "keras" in fp and fp["keras"] / int8[fastest], ">=", TARGETS["int8_vs_keras"], fastest),
+        _target("fastest INT8 vs best FP32, e2e, 1 thread", fastest and best_fp and fp[best_fp] / int8[fastest], ">=", TARGETS["int8_vs_best_fp32"], f"{fastest} vs {best_fp}"),
         _target("e2e / its model calls alone, 1 thread", e2e(default, t1) and e2e(default, t1, "models") and e2e(default, t1) / e2e(default, t1, "models"),
                 "<=", TARGETS["e2e_vs_models"], default),
-        _target(f"batch images/s, {most} workers vs 1 (steady state)", most > 1 and 1 in rates and rates[most] / rates[1], ">=", TARGETS["batch_scaling"], default),
-        _target("fastest INT8 vs best FP32, e2e, 1 thread", fastest and best_fp and fp[best_fp] / int8[fastest], ">=", TARGETS["int8_vs_best_fp32"], f"{fastest} vs {best_fp}"),
         _target("whole pipeline GMAC per image", total_gmac, "<=", TARGETS["pipeline_gmac"], f"U-Net + {views} x regressor"),
         _target("edgeba predict peak RSS (MB)", auto and auto["peak_rss_mb"], "<=", TARGETS["predict_peak_rss_mb"], r["auto_format"]),
         _target("edgeba predict cold start (s, median)", auto and auto["wall_s"]["median"], "<=", TARGETS["cold_start_s"], r["auto_format"]),
+        _target(f"batch images/s, {most} workers vs 1 (steady state)", most > 1 and 1 in rates and rates[most] / rates[1], ">=", TARGETS["batch_scaling"], default),
     ]
-    return {"pipeline_gmac": {"gmac": total_gmac, "tta_views": views}, "floor": floor, "int8_speedup": ratios, "targets": targets}
+    # edgeba.backends.MEASURED for this machine: what `--backend auto` weighs (each backend runs its INT8 file).
+    auto_table = {backend_of(f): {"cold_start_s": round(x["cold_start"]["wall_s"]["median"], 2), "image_ms": round(e2e(f, t1), 1)}
+                  for f, x in fm.items() if f.endswith("int8") and x.get("cold_start") and e2e(f, t1)}
+    return {"pipeline_gmac": {"gmac": total_gmac, "tta_views": views}, "floor": floor, "int8_speedup": ratios, "targets": targets,
+            "auto_table": auto_table}
 
 
 def _target(name: str, value, op: str, limit: float, what) -> dict:
