@@ -61,29 +61,54 @@ def _resize_mask(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return (big >= 0.5).astype(np.uint8)
 
 
+# The values an 8-bit file's pixels take after edgeba.io.load_image (level / 255 in float32).
+LEVELS_8BIT = np.arange(256, dtype=np.float32) / 255.0
+
+
+def _lerp(order_stat, n: int, q: tuple[float, ...]) -> list[float]:
+    """np.percentile's linear method (its own two-sided lerp) from `order_stat(k)` = the k-th smallest value."""
+    out = []
+    for p in q:
+        i = p / 100 * (n - 1)
+        j = int(i)
+        a, b, t = order_stat(j), order_stat(min(j + 1, n - 1)), i - j
+        out.append(a + (b - a) * t if t < 0.5 else b - (b - a) * (1 - t))
+    return out
+
+
 def percentiles(x: np.ndarray, q: tuple[float, ...]) -> list[float]:
-    """np.percentile(x, q) (linear method, same values), from one partial sort of a copy: np.percentile
-    costs about twice as much on a full-resolution image."""
+    """np.percentile(x, q), the same values, from one partial sort (np.percentile costs about twice as
+    much on a full-resolution image)."""
     flat = x.reshape(-1)
     n = flat.size
-    pos = [p / 100 * (n - 1) for p in q]
-    ks = sorted({min(int(i) + d, n - 1) for i in pos for d in (0, 1)})
+    ks = sorted({min(int(p / 100 * (n - 1)) + d, n - 1) for p in q for d in (0, 1)})
     part = np.partition(flat, ks)
-    out = []
-    for i in pos:
-        j = int(i)
-        a, b, t = float(part[j]), float(part[min(j + 1, n - 1)]), i - j
-        out.append(a + (b - a) * t if t < 0.5 else b - (b - a) * (1 - t))  # numpy's own lerp, both branches
-    return out
+    return _lerp(lambda k: float(part[k]), n, q)
+
+
+def _levels(x: np.ndarray) -> np.ndarray | None:
+    """uint8 level of every pixel when `x` holds only LEVELS_8BIT (an 8-bit file as loaded), else None."""
+    if x.dtype != np.float32:
+        return None
+    code = cv2.convertScaleAbs(x, alpha=255.0)  # rounded, saturated: checked below
+    return code if np.array_equal(cv2.LUT(code, LEVELS_8BIT), x) else None
 
 
 def _stretch(x: np.ndarray) -> np.ndarray:
     """Robust contrast stretch so exposure differences do not move the thresholds."""
+    # Bit-identical to np.clip((x - lo) / d, 0, 1) in float64 with np.percentile's lo, hi: the INT8 U-Net
+    # turns even a float32 rounding difference into a different mask pixel now and then. An 8-bit image
+    # (most radiograph files) has 256 values: percentiles from their counts, the stretch as a lookup table.
+    code = _levels(x)
+    if code is not None:
+        # OpenCV counts in float32, exact below 2**24 pixels; np.bincount is exact always, 3x slower.
+        counts = cv2.calcHist([code], [0], None, [256], [0, 256]).ravel() if x.size < 2**24 else np.bincount(code.reshape(-1), minlength=256)
+        cum = np.cumsum(counts.astype(np.int64))
+        lo, hi = _lerp(lambda k: float(LEVELS_8BIT[np.searchsorted(cum, k, side="right")]), x.size, (0.5, 99.5))
+        table = np.clip((LEVELS_8BIT.astype(np.float64) - lo) / max(hi - lo, 1e-6), 0, 1).astype(np.float32)
+        return cv2.LUT(code, table)
     lo, hi = percentiles(x, (0.5, 99.5))
-    # In float64 like the plain expression np.clip((x - lo) / d, 0, 1), so the values stay bit-identical
-    # (the INT8 U-Net turns even a float32 rounding difference into a different mask pixel now and
-    # then), but in one buffer: each temporary of a full-resolution image costs a millisecond.
-    buf = np.subtract(x, lo, dtype=np.float64)
+    buf = np.subtract(x, lo, dtype=np.float64)  # the same float64 arithmetic, in one buffer
     np.divide(buf, max(hi - lo, 1e-6), out=buf)
     np.clip(buf, 0, 1, out=buf)
     return buf.astype(np.float32)

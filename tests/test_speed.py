@@ -35,3 +35,14 @@ def test_largest_component_equals_the_statistics_version():
         want = np.zeros_like(m) if n <= 1 else (labels == 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))).astype(np.uint8)
         assert np.array_equal(largest_component(m), want)
     assert not largest_component(np.zeros((5, 5), np.uint8)).any()
+
+
+def test_an_8bit_image_takes_the_lookup_table_path():
+    from edgeba.segment import _levels
+
+    from edgeba.segment import LEVELS_8BIT
+
+    x = rsna_image("1378")  # a JPEG: 256 levels
+    assert _levels(x) is not None and np.array_equal(LEVELS_8BIT[_levels(x)], x)
+    for off_grid in (np.random.default_rng(0).random((50, 50), dtype=np.float32), x.astype(np.float64), -x, x + 1e-4):
+        assert _levels(off_grid) is None
