@@ -42,9 +42,9 @@ def largest_component(mask: np.ndarray) -> np.ndarray:
     if n <= 1:
         return np.zeros(mask.shape, np.uint8)
     if n == 2:
-        return (labels > 0).astype(np.uint8)
+        return (labels > 0).view(np.uint8)  # a bool array's bytes are 0/1: no conversion pass
     areas = np.bincount(labels.reshape(-1), minlength=n)[1:]
-    return (labels == 1 + int(np.argmax(areas))).astype(np.uint8)
+    return (labels == 1 + int(np.argmax(areas))).view(np.uint8)
 
 
 def fill_holes(mask: np.ndarray) -> np.ndarray:
@@ -58,7 +58,7 @@ def fill_holes(mask: np.ndarray) -> np.ndarray:
 def _resize_mask(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     """Upsample through a linear float resize so edges come out smooth, not blocky."""
     big = cv2.resize(mask.astype(np.float32), (shape[1], shape[0]), interpolation=cv2.INTER_LINEAR)
-    return (big >= 0.5).astype(np.uint8)
+    return (big >= 0.5).view(np.uint8)
 
 
 # The values an 8-bit file's pixels take after edgeba.io.load_image (level / 255 in float32).
@@ -170,7 +170,7 @@ def mask_from_prob(prob: np.ndarray, letterbox: Letterbox, shape: tuple[int, int
     h, w = shape
     s = min(1.0, MASK_WORK_SIDE / max(h, w))  # work px per image px
     wh, ww = max(1, round(h * s)), max(1, round(w * s))
-    raw = (cv2.resize(p, (ww, wh), interpolation=cv2.INTER_LINEAR) >= threshold).astype(np.uint8)
+    raw = (cv2.resize(p, (ww, wh), interpolation=cv2.INTER_LINEAR) >= threshold).view(np.uint8)
     # Structures thinner than THIN_PX model pixels are below the U-Net's resolution; in practice they
     # are the bright line along a collimation edge. Opening removes them, growing the survivor back
     # inside the thresholded mask restores the true outline.
@@ -183,6 +183,6 @@ def mask_from_prob(prob: np.ndarray, letterbox: Letterbox, shape: tuple[int, int
         return work
     # Back at full resolution the outline is the thresholded map's own (as smooth as before the
     # clean-up moved to the work side): what the work mask kept, cut by the full-resolution threshold.
-    full = (cv2.resize(p, (w, h), interpolation=cv2.INTER_LINEAR) >= threshold).astype(np.uint8)
+    full = (cv2.resize(p, (w, h), interpolation=cv2.INTER_LINEAR) >= threshold).view(np.uint8)
     keep = _resize_mask(cv2.dilate(work, np.ones((3, 3), np.uint8)), (h, w))
     return fill_holes(largest_component(keep & full))
