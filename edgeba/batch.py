@@ -5,6 +5,10 @@ The CSV holds exactly one row per input file however often the command is rerun:
 - each row is flushed and fsync'ed as soon as it is known, so a run killed even by SIGKILL leaves a
   readable file with every finished row (at worst a partial last line, which the next run drops);
 - the file is rewritten (for dropped error rows) through a temporary file and an atomic rename.
+
+With `workers` > 1 a pool of processes predicts (each opens its own Predictor once, with its share
+of the cores), so one image's decoding and mask work overlap another's inference; only this process
+writes the file, one row per result in the order they finish.
 """
 
 from __future__ import annotations
@@ -12,8 +16,11 @@ from __future__ import annotations
 import csv
 import io
 import os
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+import signal
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from dataclasses import dataclass, field
+from multiprocessing import get_context
 from pathlib import Path
 
 from edgeba.errors import InputError, SegmentationError
@@ -114,14 +121,76 @@ def _ok_row(file: str, pred) -> dict:
     }
 
 
+@dataclass(frozen=True)
+class Job:
+    """How to predict one file, picklable so that worker processes can run it: the Predictor's
+    arguments (each process opens its Predictor once, on its first file) and the per-file options."""
+
+    predictor_kw: dict = field(default_factory=dict)  # edgeba.predictor.Predictor(**predictor_kw)
+    sex: str | None = None
+    force: bool = False
+
+    def __call__(self, file: str):
+        key = repr(sorted(self.predictor_kw.items()))
+        if key not in _PREDICTORS:
+            from edgeba.predictor import Predictor
+
+            _PREDICTORS[key] = Predictor(**self.predictor_kw)
+        return _PREDICTORS[key].predict(file, self.sex, force=self.force)
+
+
+_PREDICTORS: dict = {}  # this process's Predictors, by their arguments
+
+
+def _row(predict: Callable[[str], object], file: str) -> dict:
+    """The file's CSV row; InputError / SegmentationError are the file's problem (an error row),
+    anything else (a ModelError, a bug) propagates and stops the run."""
+    try:
+        return _ok_row(file, predict(file))
+    except (InputError, SegmentationError) as exc:
+        return {"file": file, "status": "error", "error": str(exc)}
+
+
+def _worker_start(threads: int) -> None:
+    import cv2
+
+    cv2.setNumThreads(threads)  # OpenCV's own pool would otherwise take every core in every worker
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+
+
+def _rows_in_pool(predict: Job, todo: list[str], workers: int) -> Iterator[dict]:
+    """Rows as the workers finish them; at most two files per worker in flight, so a stop (a
+    ModelError, Ctrl-C, SIGKILL) leaves little unfinished work behind."""
+    threads = predict.predictor_kw.get("threads") or 1
+    # spawn, not fork: the runtimes' thread pools do not survive a fork, and spawn is what macOS and
+    # Windows do anyway.
+    pool = ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_worker_start, initargs=(threads,))
+    pending, queue = set(), iter(todo)
+    try:
+        while True:
+            for file in queue:
+                pending.add(pool.submit(_row, predict, file))
+                if len(pending) >= 2 * workers:
+                    break
+            if not pending:
+                return
+            done, pending = wait(pending, return_when=FIRST_COMPLETED)
+            for fut in done:
+                yield fut.result()
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
+
+
 def run(
     inputs: Iterable[str | os.PathLike],
     out: str | os.PathLike,
     predict: Callable[[str], object],
     progress: Callable[[int, int, str], None] | None = None,
+    workers: int = 1,
 ) -> BatchSummary:
     """Predict every input not yet successful in `out`; `predict(file)` returns a Prediction or raises
-    InputError / SegmentationError (an error row) or anything else (the run stops). `progress(done, todo, file)` is called once before the first file and after each."""
+    InputError / SegmentationError (an error row) or anything else (the run stops). `progress(done, todo, file)` is called once before the first file and after each.
+    `workers` > 1 runs `predict` (then a picklable `Job`) in that many processes."""
     out = Path(out)
     if out.exists() and not out.is_file():
         raise InputError(f"{out}: --out must be a file")
@@ -139,17 +208,15 @@ def run(
     todo = [f for f in files if kept.get(f, {}).get("status") != "ok"]
     if progress:
         progress(0, len(todo), "")
+    workers = max(1, min(workers, len(todo)))
+    rows = (_row(predict, f) for f in todo) if workers == 1 else _rows_in_pool(predict, todo, workers)
     failed = 0
     with open(out, "a", encoding="utf-8", newline="") as f:
-        for k, file in enumerate(todo, start=1):
-            try:
-                row = _ok_row(file, predict(file))
-            except (InputError, SegmentationError) as exc:  # this file's problem; a ModelError stops the run
-                failed += 1
-                row = {"file": file, "status": "error", "error": str(exc)}
+        for k, row in enumerate(rows, start=1):
+            failed += row["status"] == "error"
             f.write(_line(row))
             f.flush()
             os.fsync(f.fileno())
             if progress:
-                progress(k, len(todo), file)
+                progress(k, len(todo), row["file"])
     return BatchSummary(total=len(files), done=len(todo), skipped=len(files) - len(todo), failed=failed)

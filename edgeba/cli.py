@@ -81,10 +81,10 @@ def _guarded(fn):
     return wrapper
 
 
-def _predictor(model: Optional[Path], backend: Backend, threads: Optional[int], precise: bool = False):
+def _predictor(model: Optional[Path], backend: Backend, threads: Optional[int], precise: bool = False, images: int = 1):
     from edgeba.predictor import Predictor
 
-    return Predictor(model, backend.value, threads, tta=True if precise else None)
+    return Predictor(model, backend.value, threads, tta=True if precise else None, images=images)
 
 
 PRECISE_HELP = ("Average 5 views of the hand (scale +-5 %, rotation +-4 degrees): 5x the regressor's compute, "
@@ -106,27 +106,31 @@ def _print_prediction(pred, load_ms: float) -> None:
         typer.echo(f"  warning: {w}", err=True)
 
 
-def _batch(inputs: list[str], out: Path, pred_kw: dict, sex, force: bool, as_json: bool) -> None:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+def _batch(inputs: list[str], out: Path, pred_kw: dict, sex, force: bool, as_json: bool, workers: Optional[int]) -> None:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     from edgeba import batch
+    from edgeba.backends import default_threads
 
-    predictor = None
-
-    def predict(file: str):
-        nonlocal predictor
-        if predictor is None:  # only load the model when there is work to do
-            predictor = _predictor(**pred_kw)
-        return predictor.predict(file, sex, force=force)
-
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    cores = default_threads()
+    workers = workers or cores
+    # Each worker gets its share of the cores (unless --threads says otherwise): N processes each with
+    # all the cores would fight over them.
+    threads = pred_kw["threads"] or (None if workers == 1 else max(1, cores // workers))
+    files = len(batch.expand(inputs))
+    job = batch.Job({"model_dir": pred_kw["model"], "backend": pred_kw["backend"].value, "threads": threads,
+                     "tta": True if pred_kw["precise"] else None, "images": -(-files // workers)}, sex, force)
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn())
     with Progress(*columns, console=_stderr_console()) as bar:
-        task = bar.add_task("predicting", total=None)
+        task = bar.add_task("predicting", total=None, rate="")
 
         def progress(done: int, todo: int, file: str) -> None:
-            bar.update(task, completed=done, total=todo, description=Path(file).name if file else "predicting")
+            speed = bar.tasks[0].speed  # rich's own moving estimate, in files per second
+            bar.update(task, completed=done, total=todo, description=Path(file).name if file else "predicting",
+                       rate=f"{speed:.1f} img/s" if speed else "")
 
-        summary = batch.run(inputs, out, predict, progress)
+        summary = batch.run(inputs, out, job, progress, workers)
     result = {"out": str(out), "files": summary.total, "predicted": summary.done, "skipped": summary.skipped, "failed": summary.failed}
     if as_json:
         typer.echo(_dumps(result))
@@ -147,7 +151,7 @@ def _stderr_console():
 def predict(
     inputs: list[str] = typer.Argument(..., metavar="IMAGE", help="Radiograph (PNG/JPEG/TIFF/DICOM); several files or folders need --out.", show_default=False),
     sex: Optional[Sex] = typer.Option(None, "--sex", case_sensitive=False, help="Patient sex; else taken from the DICOM header. Never assumed."),
-    backend: Backend = typer.Option(Backend.auto, "--backend", case_sensitive=False, help="Runtime; auto = fastest installed INT8 runtime here."),
+    backend: Backend = typer.Option(Backend.auto, "--backend", case_sensitive=False, help="Runtime; auto = the installed one measured fastest here for this many images, start-up included."),
     model: Optional[Path] = typer.Option(None, "--model", help="Model directory with manifest.json (default: the shipped INT8 model)."),
     threads: Optional[int] = typer.Option(None, "--threads", min=1, help="CPU threads (default: all available)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
@@ -155,6 +159,7 @@ def predict(
     out: Optional[Path] = typer.Option(None, "--out", help="Batch mode: results CSV, one row per file, resumable."),
     force: bool = typer.Option(False, "--force", help="Report a number even when segmentation fails QC (with a warning)."),
     precise: bool = typer.Option(False, "--precise", help=PRECISE_HELP),
+    workers: Optional[int] = typer.Option(None, "--workers", min=1, help="Batch mode: processes predicting in parallel (default: one per core)."),
 ) -> None:
     """Predict bone age for one radiograph, or for many into a CSV (--out)."""
     sex_value = sex.value if sex else None
@@ -164,7 +169,7 @@ def predict(
             _fail("several inputs or a folder: pass --out results.csv for the batch results", 2)
         if overlay is not None:
             _fail("--overlay works on a single image, not in batch mode", 2)
-        _batch(inputs, out, pred_kw, sex_value, force, as_json)
+        _batch(inputs, out, pred_kw, sex_value, force, as_json, workers)
         return
     predictor = _predictor(**pred_kw)
     pred = predictor.predict(inputs[0], sex_value, force=force)
@@ -201,7 +206,7 @@ def evaluate(
     from edgeba.preprocess import TTA_VIEWS
 
     n = len(read_labels(labels_csv))  # fail on a bad CSV before loading the model
-    predictor = _predictor(model, backend, threads, precise)
+    predictor = _predictor(model, backend, threads, precise, images=n)
     with Progress(console=_stderr_console(), transient=True) as bar:
         task = bar.add_task("evaluating", total=n)
         ev = run_evaluation(images_dir, labels_csv, lambda p, s: predictor.predict(p, s).bone_age_months,

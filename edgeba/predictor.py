@@ -68,10 +68,12 @@ def _ms(t0: float) -> float:
 
 class Predictor:
     def __init__(self, model_dir: str | Path | None = None, backend: str = "auto", threads: int | None = None,
-                 tta: bool | None = None):
+                 tta: bool | None = None, images: int = 1):
+        """`images`: how many radiographs this Predictor will see; `auto` weighs the backends' start-up
+        against their time per image for that many (edgeba.backends.choose)."""
         t0 = time.perf_counter()
         self.manifest = load_manifest(model_dir)
-        self.backend = choose(self.manifest, backend)
+        self.backend = choose(self.manifest, backend, images)
         self.threads = threads or default_threads()
         self.cfg = PreprocessConfig.from_dict(self.manifest.preprocess)
         self.target = self.manifest.target

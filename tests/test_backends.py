@@ -82,14 +82,24 @@ def test_missing_or_broken_manifest(tmp_path):
 # --- choice of backend --------------------------------------------------------------------------
 
 
-def test_auto_prefers_openvino_on_x86_then_tflite(fixture_model, monkeypatch):
+def test_auto_picks_by_measured_start_and_per_image_time(fixture_model, monkeypatch):
     m = load_manifest(fixture_model)
+    monkeypatch.setattr(backends, "MEASURED", {"x86_64": {"tflite": {"cold_start_s": 0.4, "image_ms": 35.0},
+                                                          "openvino": {"cold_start_s": 0.8, "image_ms": 30.0}}})
     monkeypatch.setattr(backends.platform, "machine", lambda: "x86_64")
-    assert backends.choose(m, "auto") == "openvino"
-    monkeypatch.setattr(backends.platform, "machine", lambda: "aarch64")
-    assert backends.choose(m, "auto") == "tflite"
-    monkeypatch.setattr(backends, "installed", lambda: ["onnx", "keras"])
-    assert backends.choose(m, "auto") == "onnx"
+    assert backends.choose(m, "auto") == "tflite"  # one image: the quicker start wins
+    assert backends.auto_cost("openvino", 81) == pytest.approx(0.8 + 80 * 0.030)
+    assert backends.choose(m, "auto", images=80) == "tflite" and backends.choose(m, "auto", images=82) == "openvino"  # even at 81
+    monkeypatch.setattr(backends, "installed", lambda: ["onnx", "keras"])  # none measured: ORDER
+    assert backends.choose(m, "auto", images=1000) == "onnx"
+    monkeypatch.undo()
+    monkeypatch.setattr(backends.platform, "machine", lambda: "aarch64")  # no numbers for ARM here: ORDER
+    assert backends.choose(m, "auto") == "tflite" and backends.auto_cost("tflite") is None
+
+
+def test_shipped_measurements_cover_the_x86_backends():
+    assert set(backends.MEASURED["x86_64"]) == {"tflite", "openvino", "onnx"}
+    assert all(v["cold_start_s"] > 0 and v["image_ms"] > 0 for v in backends.MEASURED["x86_64"].values())
 
 
 def test_auto_skips_backends_the_model_lacks(fixture_model, monkeypatch):

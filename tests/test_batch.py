@@ -144,3 +144,30 @@ def test_model_error_stops_the_batch_instead_of_filling_error_rows(folder, tmp_p
     proc = run_cli("predict", folder, "--out", out, "--sex", "male", "--model", tmp_path)
     assert proc.returncode == 1 and "not a model directory" in proc.stderr and "Traceback" not in proc.stderr
     assert rows(out) == []
+
+
+def test_workers_write_the_same_rows_as_one_process(fixture_model, folder, tmp_path):
+    """--workers 2: a process pool, rows in completion order; every row equal to the one-process run's
+    (times aside), and the summary line the same."""
+    for k in range(4):  # more files than workers, so each worker predicts several
+        os.symlink(rsna_root() / "train" / f"{GOOD_IDS[k % 2]}.jpg", folder / f"copy{k}.jpg")
+    got = {}
+    for w in (1, 2):
+        out = tmp_path / f"w{w}.csv"
+        proc = run_cli("predict", folder, "--out", out, "--sex", "female", "--model", fixture_model, "--workers", w, "--backend", "tflite")
+        assert proc.returncode == 1 and "7 files: 7 processed, 0 already done, 1 failed" in proc.stdout, proc.stderr
+        got[w] = {r["file"]: {k: v for k, v in r.items() if k != "total_ms"} for r in rows(out)}
+    assert len(got[2]) == 7 and got[1] == got[2]
+
+
+def test_job_is_picklable_and_opens_its_predictor_once(fixture_model, good_image):
+    import pickle
+
+    from edgeba import batch
+
+    job = pickle.loads(pickle.dumps(batch.Job({"model_dir": fixture_model, "backend": "tflite", "threads": 1}, "male", False)))
+    before = len(batch._PREDICTORS)
+    a = job(str(good_image))
+    opened = dict(batch._PREDICTORS)
+    b = job(str(good_image))
+    assert len(opened) == before + 1 and batch._PREDICTORS == opened and a.bone_age_months == b.bone_age_months

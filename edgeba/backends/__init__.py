@@ -37,12 +37,33 @@ def _missing_stage(manifest: Manifest, backend: str) -> str | None:
     return next((s for s in stages if not any(f in manifest.formats(s) for f in FORMATS[backend])), None)
 
 
-def choose(manifest: Manifest, requested: str = "auto") -> str:
-    """The backend to run: `requested`, or for auto the fastest INT8 runtime for this machine.
+# Measured by `edgeba bench` on x86-64 (benchmarks/results/x86_64-20261203T*.md, 2-core AMD EPYC, the shipped
+# model): the wall time of a whole `edgeba predict` process on one image (cold start, s; OpenVINO with its
+# compiled-model cache filled) and the end-to-end time of each further image at 1 thread (ms, what a batch
+# worker gets). Auto minimises start + (images - 1) x per image: one radiograph goes to the quickest starter,
+# a long batch to the quickest per image. Machines without numbers here (ARM: see benchmarks/) use ORDER.
+MEASURED = {
+    "x86_64": {"tflite": {"cold_start_s": 0.37, "image_ms": 34.9},
+               "openvino": {"cold_start_s": 0.84, "image_ms": 35.6},
+               "onnx": {"cold_start_s": 0.64, "image_ms": 46.0}},
+}
+ORDER = ("tflite", "onnx", "openvino", "keras")  # TFLite/XNNPACK: the maintained, fastest runtime on ARM
 
-    Benchmarks (shared/TOOLCHAIN.md): OpenVINO INT8 is the fastest path on x86 (1.8x TFLite INT8
-    without VNNI); on ARM TFLite/XNNPACK is the maintained, fastest choice.
-    """
+
+def _arch() -> str:
+    m = platform.machine().lower()
+    return {"amd64": "x86_64", "arm64": "aarch64"}.get(m, m)
+
+
+def auto_cost(backend: str, images: int = 1) -> float | None:
+    """Seconds to start and predict `images` radiographs with `backend`, from MEASURED; None when not measured here."""
+    m = MEASURED.get(_arch(), {}).get(backend)
+    return None if m is None else m["cold_start_s"] + max(images - 1, 0) * m["image_ms"] / 1e3
+
+
+def choose(manifest: Manifest, requested: str = "auto", images: int = 1) -> str:
+    """The backend to run: `requested`, or for auto the one that finishes `images` radiographs first
+    here (MEASURED: cold start included), else the first of ORDER that is installed and can run the model."""
     if requested != "auto":
         if requested not in BACKENDS:
             raise ModelError(f"unknown backend {requested!r}; choose auto, {', '.join(BACKENDS)}")
@@ -51,13 +72,15 @@ def choose(manifest: Manifest, requested: str = "auto") -> str:
         if (stage := _missing_stage(manifest, requested)) is not None:
             raise ModelError(f"model {manifest.name} has no {requested} file for stage {stage!r} ({' or '.join(FORMATS[requested])})")
         return requested
-    x86 = platform.machine().lower() in ("x86_64", "amd64", "i686", "x86")
-    order = ("openvino", "tflite", "onnx", "keras") if x86 else ("tflite", "onnx", "openvino", "keras")
-    have = installed()
-    for b in order:
-        if b in have and _missing_stage(manifest, b) is None:
-            return b
-    raise ModelError(f"no installed backend can run model {manifest.name} (installed: {', '.join(have) or 'none'})")
+    have = [b for b in installed() if _missing_stage(manifest, b) is None]
+    if not have:
+        raise ModelError(f"no installed backend can run model {manifest.name} (installed: {', '.join(installed()) or 'none'})")
+
+    def rank(b: str) -> tuple:  # measured backends first, cheapest first; then the others in ORDER
+        cost = auto_cost(b, images)
+        return (0, cost, 0) if cost is not None else (1, 0.0, ORDER.index(b))
+
+    return min(have, key=rank)
 
 
 def default_threads() -> int:

@@ -91,6 +91,20 @@ def markdown(r: dict) -> str:
         lines.append(f"| {f} | " + " | ".join(cells) + " |")
     lines.append("")
     lines.append("Floor ms: " + ", ".join(f"{t}T {_f(v['floor_ms'], '{:.2f}')}" for t, v in d["floor"].items()) + ".")
+    if r.get("throughput"):
+        lines += ["", f"## Batch throughput: `edgeba predict DIR --out results.csv --workers N` ({r['auto_format']}, same run, back to back)", "",
+                  "| workers | threads each | images | wall s | images/s (whole run) | images/s (steady state) |", "|---|---|---|---|---|---|"]
+        for x in r["throughput"]:
+            lines.append(f"| {x['workers']} | {x['threads_per_worker'] or 'all'} | {x['images']} | {x['wall_s']:.2f} | {x['images_per_s']:.2f} | "
+                         f"{_f(x['steady_images_per_s'], '{:.2f}')} |")
+        lines += ["", "Whole run: from the command's start (worker processes, model loads) to the last row; steady state: "
+                  "from the first finished row to the last."]
+    if d.get("auto_table"):
+        lines += ["", "## What `--backend auto` weighs (edgeba.backends.MEASURED)", "",
+                  "Per backend (its INT8 file): cold start of `edgeba predict` (s, median) and end-to-end ms per further image at 1 thread; "
+                  "auto picks the smallest start + (images - 1) x per image.", "", "```",
+                  "{" + ",\n ".join(f'"{b}": {{"cold_start_s": {v["cold_start_s"]}, "image_ms": {v["image_ms"]}}}' for b, v in d["auto_table"].items()) + "}",
+                  "```"]
     lines += ["", "## Targets (stated for x86, 1 thread)", "", "| target | path | value | limit | pass |", "|---|---|---|---|---|"]
     for t in d["targets"]:
         ok = {True: "yes", False: "**no**", None: "not measured"}[t["pass"]]

@@ -185,7 +185,32 @@ def work_derive(spec: dict) -> dict:
             for j in spec["jobs"]}
 
 
-WORKERS = {"latency": work_latency, "accuracy": work_accuracy, "peak": work_peak, "derive": work_derive}
+def work_throughput(spec: dict) -> dict:
+    """`edgeba predict DIR --out results.csv --workers N` as the CLI runs it (edgeba.batch with a Job),
+    on a folder of links to the images: images per second over the whole run (worker start-up and
+    model loads included) and in the steady state (from the first finished row to the last)."""
+    import tempfile
+
+    from edgeba import batch
+
+    with tempfile.TemporaryDirectory(prefix="edgeba-throughput-") as tmp:
+        folder = Path(tmp) / "images"
+        folder.mkdir()
+        for k, (path, _) in enumerate(spec["cases"]):  # one sex for the whole folder, as a batch run has
+            os.symlink(path, folder / f"{k:04d}{Path(path).suffix}")
+        done_at: list[float] = []
+        t0 = time.perf_counter()
+        job = batch.Job({"model_dir": spec["view"], "backend": backend_of(spec["format"]), "threads": spec["threads"]}, "male", True)
+        summary = batch.run([folder], Path(tmp) / "results.csv", job, lambda k, n, f: k and done_at.append(time.perf_counter()),
+                            spec["workers"])
+        wall = time.perf_counter() - t0
+    n = len(done_at)
+    steady = (n - 1) / (done_at[-1] - done_at[0]) if n > 1 and done_at[-1] > done_at[0] else None
+    return {"workers": spec["workers"], "threads_per_worker": spec["threads"], "images": n, "failed": summary.failed,
+            "wall_s": wall, "images_per_s": n / wall, "steady_images_per_s": steady}
+
+
+WORKERS = {"latency": work_latency, "throughput": work_throughput, "accuracy": work_accuracy, "peak": work_peak, "derive": work_derive}
 
 
 def thread_env(threads: int, cache: Path) -> dict:

@@ -1,0 +1,48 @@
+"""The faster per-image code gives the same numbers as the plain expressions it replaced."""
+
+import cv2
+import numpy as np
+import pytest
+from rsna import rsna_image
+
+from edgeba.segment import _stretch, largest_component, percentiles
+
+
+def _images():
+    rng = np.random.default_rng(3)
+    yield rng.random((1000, 760), dtype=np.float32)
+    yield (rng.integers(0, 256, (333, 517)) / 255).astype(np.float32)  # many ties, like an 8-bit file
+    yield np.full((64, 64), 0.25, np.float32)
+    yield np.array([[0.7]], np.float32)
+    yield rsna_image("1378")
+
+
+@pytest.mark.parametrize("k", range(5))
+def test_percentiles_and_stretch_equal_numpy(k):
+    x = list(_images())[k]
+    for q in ((0.5, 99.5), (1.0, 99.0), (0.0, 100.0), (50.0,)):
+        assert percentiles(x, q) == [float(v) for v in np.percentile(x, q)]
+    lo, hi = np.percentile(x, (0.5, 99.5))
+    plain = np.clip((x - lo) / max(hi - lo, 1e-6), 0, 1).astype(np.float32)
+    assert _stretch(x).dtype == np.float32 and np.array_equal(_stretch(x), plain)  # bit for bit
+
+
+def test_largest_component_equals_the_statistics_version():
+    rng = np.random.default_rng(4)
+    for trial in range(30):
+        m = (cv2.GaussianBlur(rng.random((120, 90), dtype=np.float32), (0, 0), 3) > 0.5 + 0.01 * (trial % 5)).astype(np.uint8)
+        n, labels, stats, _ = cv2.connectedComponentsWithStats(m, connectivity=8)
+        want = np.zeros_like(m) if n <= 1 else (labels == 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))).astype(np.uint8)
+        assert np.array_equal(largest_component(m), want)
+    assert not largest_component(np.zeros((5, 5), np.uint8)).any()
+
+
+def test_an_8bit_image_takes_the_lookup_table_path():
+    from edgeba.segment import _levels
+
+    from edgeba.segment import LEVELS_8BIT
+
+    x = rsna_image("1378")  # a JPEG: 256 levels
+    assert _levels(x) is not None and np.array_equal(LEVELS_8BIT[_levels(x)], x)
+    for off_grid in (np.random.default_rng(0).random((50, 50), dtype=np.float32), x.astype(np.float64), -x, x + 1e-4):
+        assert _levels(off_grid) is None
