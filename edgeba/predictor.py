@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgeba import regress
+from edgeba import interval, regress
 from edgeba.backends import choose, default_threads, open_stage
 from edgeba.errors import InputError, SegmentationError
 from edgeba.io import Radiograph, load_image
@@ -37,6 +37,8 @@ class Prediction:
     mask_quality: dict | None  # {"ok", "reasons", "metrics"}; None for a model without segmentation
     warnings: list[str]
     tta_views: int = 1  # regressor runs averaged (test-time augmentation)
+    interval_months: list[float] | None = None  # 90 % prediction interval [lo, hi]; None: model not calibrated
+    view_months: list[float] = field(default_factory=list)  # each regressor run's months (first = the plain view)
     chronological_age_months: float | None = None
     bone_minus_chronological_months: float | None = None
     radiograph: Radiograph | None = field(default=None, repr=False)
@@ -55,6 +57,7 @@ class Prediction:
             "mask_quality": self.mask_quality,
             "warnings": list(self.warnings),
             "tta_views": self.tta_views,
+            "interval_months": self.interval_months,
             "chronological_age_months": self.chronological_age_months,
             "bone_minus_chronological_months": (
                 None if self.bone_minus_chronological_months is None else round(self.bone_minus_chronological_months, 2)
@@ -138,10 +141,14 @@ class Predictor:
 
         t0 = time.perf_counter()
         sex_feed = {"sex": np.array([[1.0 if used_sex == "male" else 0.0]], np.float32)} if self.manifest.sex_input else {}
-        age = float(np.mean([regress.months(self.regressor.run({"image": x[None, :, :, None]} | sex_feed), self.target) for x in views]))
+        view_months = [regress.months(self.regressor.run({"image": x[None, :, :, None]} | sex_feed), self.target) for x in views]
+        age = float(np.mean(view_months))
         timings["regress"] = _ms(t0)
         timings["total"] = _ms(t_all)
         if (w := regress.plausibility_warning(age)) is not None:
+            warnings.append(w)
+        iv = interval.interval(self.manifest.data, age, view_months)
+        if iv is not None and (w := iv.warning()) is not None:
             warnings.append(w)
 
         diff = None if rad.age_months is None else age - rad.age_months
@@ -156,6 +163,8 @@ class Predictor:
             mask_quality=quality,
             warnings=warnings,
             tta_views=len(views),
+            interval_months=None if iv is None else iv.as_list(),
+            view_months=view_months,
             chronological_age_months=rad.age_months,
             bone_minus_chronological_months=diff,
             radiograph=rad,
