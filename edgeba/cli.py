@@ -328,6 +328,15 @@ def bench(ctx: typer.Context) -> None:
     raise typer.Exit(code if isinstance(code, int) else 0)
 
 
+@app.command(context_settings=_PASSTHROUGH)
+@_guarded
+def stress(ctx: typer.Context) -> None:
+    """Stress suite on val (rotations, framing, plates, inversion, noise...): `edgeba stress [--quick] [--model DIR] ...`."""
+    from edgeba.stress import main as stress_main
+
+    raise typer.Exit(stress_main(ctx.args))
+
+
 def main() -> None:  # pragma: no cover - console entry point alias
     app()
 
