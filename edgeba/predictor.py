@@ -16,10 +16,10 @@ import numpy as np
 from edgeba import interval, regress
 from edgeba.backends import choose, default_threads, open_stage
 from edgeba.errors import InputError, SegmentationError
+from edgeba.hand import find_hand, is_hand
 from edgeba.io import Radiograph, load_image
 from edgeba.manifest import load_manifest
 from edgeba.preprocess import PreprocessConfig, regressor_input, regressor_inputs_tta
-from edgeba.quality import hand_present, mask_quality
 from edgeba.segment import mask_from_prob, unet_input
 
 SEXES = ("male", "female")
@@ -39,6 +39,7 @@ class Prediction:
     tta_views: int = 1  # regressor runs averaged (test-time augmentation)
     interval_months: list[float] | None = None  # 90 % prediction interval [lo, hi]; None: model not calibrated
     view_months: list[float] = field(default_factory=list)  # each regressor run's months (first = the plain view)
+    inverted: bool = False  # the grey scale was flipped because the hand showed bone dark (edgeba/hand.py)
     chronological_age_months: float | None = None
     bone_minus_chronological_months: float | None = None
     radiograph: Radiograph | None = field(default=None, repr=False)
@@ -58,6 +59,7 @@ class Prediction:
             "warnings": list(self.warnings),
             "tta_views": self.tta_views,
             "interval_months": self.interval_months,
+            "inverted": self.inverted,
             "chronological_age_months": self.chronological_age_months,
             "bone_minus_chronological_months": (
                 None if self.bone_minus_chronological_months is None else round(self.bone_minus_chronological_months, 2)
@@ -104,6 +106,11 @@ class Predictor:
         warn = [f"--sex {sex} overrides the file's PatientSex ({rad.sex})"] if rad.sex and rad.sex != sex else []
         return sex, "argument", warn
 
+    def _segment(self, pixels: np.ndarray) -> np.ndarray:
+        """One U-Net pass: the full-resolution hand mask of `pixels`."""
+        x, box = unet_input(pixels, self.cfg.unet_size)
+        return mask_from_prob(self.unet.run({"image": x[None, :, :, None]}), box, pixels.shape)
+
     def predict(self, path: str | Path, sex: str | None = None, force: bool = False) -> Prediction:
         """One radiograph -> Prediction. Raises InputError / SegmentationError / ModelError."""
         timings: dict[str, float] = {}
@@ -114,20 +121,20 @@ class Predictor:
         used_sex, source, warnings = self._sex(rad, sex, name)
         warnings = list(rad.warnings) + warnings
 
-        mask, quality = None, None
+        mask, quality, inverted = None, None, False
         if self.unet is not None:
             t0 = time.perf_counter()
-            x, box = unet_input(rad.pixels, self.cfg.unet_size)
-            prob = self.unet.run({"image": x[None, :, :, None]})
-            mask = mask_from_prob(prob, box, rad.shape)
+            hand = find_hand(rad.pixels, self._segment, rad.polarity_known)
             timings["segment"] = _ms(t0)
-            q = mask_quality(mask)
-            quality = {"ok": bool(q.ok), "reasons": list(q.reasons), "metrics": q.metrics}
+            rad.pixels, mask, q, inverted = hand.pixels, hand.mask, hand.quality, hand.inverted
+            warnings += hand.warnings
+            quality = {"ok": bool(q.ok), "reasons": list(q.reasons), "metrics": q.metrics | {"zoomed": hand.zoomed, "bone_contrast": round(hand.contrast, 3) if np.isfinite(hand.contrast) else None}}
             if not q.ok:
                 why = "; ".join(q.reasons) or "mask failed the quality checks"
-                if not self.cfg.segment and hand_present(q):
-                    # The regressor sees the whole image: a leaky mask does not change the estimate.
-                    warnings.append(f"hand mask failed quality checks ({why}); the model does not crop to it, check the overlay")
+                if is_hand(q, hand.contrast):
+                    # A real hand is scored however it is framed; a poor outline is the reader's to check.
+                    where = "the model crops to it" if self.cfg.segment else "the model does not crop to it"
+                    warnings.append(f"hand mask failed quality checks ({why}); {where}, check the overlay")
                 elif not force or not mask.any():
                     raise SegmentationError(f"{name}: no plausible hand found ({why})")
                 else:
@@ -165,6 +172,7 @@ class Predictor:
             tta_views=len(views),
             interval_months=None if iv is None else iv.as_list(),
             view_months=view_months,
+            inverted=inverted,
             chronological_age_months=rad.age_months,
             bone_minus_chronological_months=diff,
             radiograph=rad,

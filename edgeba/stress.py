@@ -249,6 +249,7 @@ def run(model: Path | None, backend: str = "auto", split: str = "val", quick: bo
                     p = predictor.predict(path, sex)
                     row |= {"status": "ok", "predicted": round(p.bone_age_months, 2), "interval": p.interval_months,
                             "inverted": _inverted(p), "mask_ok": None if p.mask_quality is None else p.mask_quality["ok"],
+                            "contrast": None if p.mask_quality is None else p.mask_quality["metrics"].get("bone_contrast"),
                             "warnings": len(p.warnings)}
                     if name == "clean" and p.mask is not None and p.mask.shape == img.shape:
                         mask = p.mask
@@ -361,7 +362,7 @@ def main(argv: list[str] | None = None) -> int:
     (a.out / f"{name}.md").write_text(md)
     a.rows.mkdir(parents=True, exist_ok=True)
     with open(a.rows / f"{name}.csv", "w", newline="") as f:
-        keys = ["id", "transform", "status", "true", "predicted", "interval", "inverted", "expected_inversion", "mask_ok", "warnings", "error"]
+        keys = ["id", "transform", "status", "true", "predicted", "interval", "inverted", "expected_inversion", "mask_ok", "contrast", "warnings", "error"]
         w = csv.DictWriter(f, fieldnames=keys, extrasaction="ignore")
         w.writeheader()
         w.writerows(rows)
