@@ -217,8 +217,10 @@ def _inverted(pred) -> bool:
 
 
 def run(model: Path | None, backend: str = "auto", split: str = "val", quick: bool = False, limit: int | None = None,
-        names: list[str] | None = None, seed: int = SEED, precise: bool = False, progress=None) -> list[dict]:
-    """One row per (image, transform): id, transform, status, true, predicted, interval, inverted, expected."""
+        names: list[str] | None = None, seed: int = SEED, precise: bool = False, progress=None, sink=None) -> list[dict]:
+    """One row per (image, transform): id, transform, status, true, predicted, interval, inverted, expected.
+    `sink(row)` sees each row as soon as it is known (the CLI writes it to disk: a long run that is
+    stopped still leaves its rows, which `--from-rows` summarizes)."""
     from edgeba.predictor import Predictor
     from edgeba.segment import bootstrap_mask
 
@@ -257,9 +259,34 @@ def run(model: Path | None, backend: str = "auto", split: str = "val", quick: bo
                     row |= {"status": "refused", "error": str(exc)}
                 path.unlink(missing_ok=True)
                 rows.append(row)
+                if sink:
+                    sink(row)
             if progress:
                 progress(k, len(cases))
     return rows
+
+
+ROW_FIELDS = ["id", "transform", "status", "true", "predicted", "interval", "inverted", "expected_inversion", "mask_ok",
+              "contrast", "warnings", "error"]
+
+
+def read_rows(path: Path, ids: set[str] | None = None) -> list[dict]:
+    """Rows written by a (possibly stopped) run, typed again; only images with every transform."""
+    with open(path, newline="") as f:
+        raw = list(csv.DictReader(f))
+    rows = []
+    for r in raw:
+        row = {"id": r["id"], "transform": r["transform"], "status": r["status"], "true": float(r["true"]),
+               "expected_inversion": r["expected_inversion"] == "True", "error": r.get("error", "")}
+        if r["status"] == "ok":
+            row |= {"predicted": float(r["predicted"]), "inverted": r["inverted"] == "True",
+                    "interval": json.loads(r["interval"]) if r["interval"] else None}
+        rows.append(row)
+    per_id: dict[str, int] = {}
+    for r in rows:
+        per_id[r["id"]] = per_id.get(r["id"], 0) + 1
+    full = max(per_id.values(), default=0)
+    return [r for r in rows if per_id[r["id"]] == full and (ids is None or r["id"] in ids)]
 
 
 def summarize(rows: list[dict]) -> dict:
@@ -334,6 +361,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results", help="folder for the summary (json, md)")
     ap.add_argument("--rows", type=Path, default=REPO / "runs" / "stress", help="folder for per-image rows (keep it git-ignored)")
     ap.add_argument("--tag", default="", help="suffix of the result files' names")
+    ap.add_argument("--from-rows", type=Path, default=None, help="summarize a rows CSV of an earlier (or stopped) run instead of running")
+    ap.add_argument("--only-ids-of", type=Path, default=None, help="with --from-rows: only the images in this other rows CSV (a matched comparison)")
     a = ap.parse_args(argv)
 
     from edgeba.manifest import load_manifest
@@ -343,11 +372,26 @@ def main(argv: list[str] | None = None) -> int:
     def progress(k, n):
         print(f"\r  {k}/{n} images ({time.time() - t0:.0f} s)", end="", file=sys.stderr, flush=True)
 
-    rows = run(a.model, a.backend, a.split, a.quick, a.limit, a.transform, a.seed, a.precise, progress)
-    print(file=sys.stderr)
-    result = summarize(rows)
     manifest = load_manifest(a.model)
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
+    name = f"stress-{manifest.name}-{stamp}" + (f"-{a.tag}" if a.tag else "") + ("-quick" if a.quick else "")
+    if a.from_rows is not None:
+        ids = {r["id"] for r in read_rows(a.only_ids_of)} if a.only_ids_of else None
+        rows = read_rows(a.from_rows, ids)
+        a.rows = None
+    else:
+        a.rows.mkdir(parents=True, exist_ok=True)
+        with open(a.rows / f"{name}.csv", "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=ROW_FIELDS, extrasaction="ignore")
+            w.writeheader()
+
+            def sink(row):
+                w.writerow(row)
+                f.flush()
+
+            rows = run(a.model, a.backend, a.split, a.quick, a.limit, a.transform, a.seed, a.precise, progress, sink)
+        print(file=sys.stderr)
+    result = summarize(rows)
     result["meta"] = {
         "model": manifest.name, "model_dir": str(manifest.dir), "backend": a.backend, "split": a.split,
         "n_images": len({r["id"] for r in rows}), "seed": a.seed, "precise": a.precise, "quick": a.quick,
@@ -355,17 +399,10 @@ def main(argv: list[str] | None = None) -> int:
         "command": "edgeba stress " + " ".join(argv if argv is not None else sys.argv[1:]),
         "interval": (manifest.data.get("interval") or {}).get("source"),
     }
-    name = f"stress-{manifest.name}-{stamp}" + (f"-{a.tag}" if a.tag else "") + ("-quick" if a.quick else "")
     a.out.mkdir(parents=True, exist_ok=True)
     (a.out / f"{name}.json").write_text(json.dumps(result, indent=1) + "\n")
     md = markdown(result)
     (a.out / f"{name}.md").write_text(md)
-    a.rows.mkdir(parents=True, exist_ok=True)
-    with open(a.rows / f"{name}.csv", "w", newline="") as f:
-        keys = ["id", "transform", "status", "true", "predicted", "interval", "inverted", "expected_inversion", "mask_ok", "contrast", "warnings", "error"]
-        w = csv.DictWriter(f, fieldnames=keys, extrasaction="ignore")
-        w.writeheader()
-        w.writerows(rows)
     print(md)
-    print(f"wrote {a.out / name}.json/.md and {a.rows / name}.csv", file=sys.stderr)
+    print(f"wrote {a.out / name}.json/.md" + (f" and {a.rows / name}.csv" if a.rows else ""), file=sys.stderr)
     return 0
