@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from edgeba.polarity import CLEAR, hand_contrast
-from edgeba.quality import MAX_AREA, MIN_AREA, MaskQuality, hand_present, mask_quality
+from edgeba.quality import MAX_AREA, MIN_AREA, OPPOSITE, MaskQuality, hand_present, mask_quality
 
 ZOOM_BELOW = MIN_AREA  # a mask smaller than this (area fraction) is segmented again, zoomed in
 ZOOM_MARGIN = 0.25  # context kept around the first mask's box, fraction of its longer side
@@ -45,10 +45,13 @@ class Hand:
 
 def hand_shape(q: MaskQuality) -> bool:
     """A hand-sized, non-convex region with at least one deep concavity (closed fingers, a hand partly
-    out of the frame). Blank, uniform and noise images and convex blobs fail."""
+    out of the frame) that leaves the image through one side or one corner at most, as a forearm does.
+    Blank, uniform and noise images, convex blobs and image-wide regions fail."""
     m = q.metrics
     area, solidity, gaps = m.get("area_frac", 0.0), m.get("solidity", 1.0), m.get("finger_gaps", 0)
-    return MIN_HAND_AREA <= area <= MAX_AREA and solidity <= MAX_HAND_SOLIDITY and gaps >= 1
+    sides = m.get("border_sides", [])
+    forearm = len(sides) <= 1 or (len(sides) == 2 and OPPOSITE[sides[0]] != sides[1])
+    return MIN_HAND_AREA <= area <= MAX_AREA and solidity <= MAX_HAND_SOLIDITY and gaps >= 1 and forearm
 
 
 def is_hand(q: MaskQuality, contrast: float) -> bool:
