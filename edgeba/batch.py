@@ -27,7 +27,8 @@ from edgeba.errors import InputError, SegmentationError
 
 FIELDS = (
     "file", "status", "bone_age_months", "bone_age", "sex", "sex_source", "chronological_age_months",
-    "bone_minus_chronological_months", "backend", "model", "tta_views", "mask_ok", "total_ms", "warnings", "error",
+    "bone_minus_chronological_months", "interval_lo_months", "interval_hi_months", "inverted", "backend", "model",
+    "tta_views", "mask_ok", "total_ms", "warnings", "error",
 )
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".dcm", ".dicom"}
 
@@ -116,6 +117,8 @@ def _ok_row(file: str, pred) -> dict:
                                  "bone_minus_chronological_months", "backend", "model", "tta_views")},
         "file": file, "status": "ok",
         "mask_ok": "" if pred.mask_quality is None else int(pred.mask_quality["ok"]),
+        **dict(zip(("interval_lo_months", "interval_hi_months"), pred.interval_months or ("", ""))),
+        "inverted": int(pred.inverted),
         "total_ms": j["timings_ms"].get("total"),
         "warnings": " | ".join(pred.warnings),
     }

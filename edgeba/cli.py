@@ -97,6 +97,9 @@ def _print_prediction(pred, load_ms: float) -> None:
     t = pred.timings_ms
     sex = f"sex {pred.sex} (from {'--sex' if pred.sex_source == 'argument' else 'DICOM header'})" if pred.sex else "sex not used"
     typer.echo(f"{Path(pred.file).name}: bone age {pred.bone_age_months:.1f} months ({years_months(pred.bone_age_months)})")
+    if pred.interval_months is not None:
+        lo, hi = pred.interval_months
+        typer.echo(f"  90 % prediction interval {lo:.0f}-{hi:.0f} months ({years_months(lo)} to {years_months(hi)})")
     if pred.chronological_age_months is not None:
         d = pred.bone_minus_chronological_months
         typer.echo(f"  chronological age {pred.chronological_age_months:.1f} months (from DICOM); bone age - chronological age = {d:+.1f} months")
@@ -209,7 +212,11 @@ def evaluate(
     predictor = _predictor(model, backend, threads, precise, images=n)
     with Progress(console=_stderr_console(), transient=True) as bar:
         task = bar.add_task("evaluating", total=n)
-        ev = run_evaluation(images_dir, labels_csv, lambda p, s: predictor.predict(p, s).bone_age_months,
+        def months(path, sex):
+            pred = predictor.predict(path, sex)
+            return pred.bone_age_months, pred.interval_months
+
+        ev = run_evaluation(images_dir, labels_csv, months,
                             lambda _id: bar.advance(task))
     for image_id, why in ev.failures:
         typer.echo(f"edgeba: failed: {image_id}: {why}", err=True)
@@ -226,6 +233,8 @@ def evaluate(
             if key == "mae":
                 typer.echo(f"  {'  95 % interval':<21}{m['mae_ci95'][0]:6.2f} - {m['mae_ci95'][1]:.2f} (bootstrap over the {m['n']} images)")
         typer.echo(f"  {'mean relative error':<21}{m['mean_relative_error'] * 100:10.2f} %")
+        if m["interval_coverage"] is not None:
+            typer.echo(f"  {'90 % intervals':<21}{m['interval_coverage'] * 100:10.2f} % cover the label, mean width {m['interval_mean_width']:.1f} months")
     if ev.failures:
         typer.echo(f"edgeba: {len(ev.failures)} of {n} images failed and are not in the metrics", err=True)
         raise typer.Exit(1)
@@ -354,6 +363,15 @@ def serve(
         typer.echo(f"edgeba serve: warning: listening on {host}: anyone who can reach this machine can upload images "
                    "and read results (plain HTTP, no login); only on a closed clinic network", err=True)
     web.serve(sock, predictor, model, max_upload_mb * 1024 * 1024)
+
+
+@app.command(context_settings=_PASSTHROUGH)
+@_guarded
+def stress(ctx: typer.Context) -> None:
+    """Stress suite on val (rotations, framing, plates, inversion, noise...): `edgeba stress [--quick] [--model DIR] ...`."""
+    from edgeba.stress import main as stress_main
+
+    raise typer.Exit(stress_main(ctx.args))
 
 
 def main() -> None:  # pragma: no cover - console entry point alias

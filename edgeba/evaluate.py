@@ -13,14 +13,15 @@ from pathlib import Path
 
 from edgeba.batch import IMAGE_SUFFIXES
 from edgeba.errors import EdgebaError, InputError
+from edgeba.interval import coverage_stats
 from edgeba.metrics import all_metrics, mae_interval
 
 
 @dataclass
 class Evaluation:
-    metrics: dict | None  # the thesis metrics and the MAE's 95 % interval; None when no image succeeded
+    metrics: dict | None  # the thesis metrics, the MAE's 95 % interval, the prediction intervals' coverage; None when no image succeeded
     failures: list[tuple[str, str]] = field(default_factory=list)  # (id, one-line reason)
-    rows: list[dict] = field(default_factory=list)  # id, true, predicted, male
+    rows: list[dict] = field(default_factory=list)  # id, true, predicted, interval, male
 
 
 def read_labels(path: str | Path) -> list[dict]:
@@ -57,8 +58,9 @@ def index_images(folder: str | Path) -> dict[str, Path]:
     return {f.stem: f for f in sorted(d.iterdir()) if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES}
 
 
-def evaluate(images_dir, labels_csv, predict: Callable[[Path, str], float], progress: Callable[[str], None] | None = None) -> Evaluation:
-    """`predict(path, sex)` returns months or raises EdgebaError."""
+def evaluate(images_dir, labels_csv, predict: Callable[[Path, str], tuple[float, list[float] | None]],
+             progress: Callable[[str], None] | None = None) -> Evaluation:
+    """`predict(path, sex)` returns (months, 90 % interval [lo, hi] or None) or raises EdgebaError."""
     labels = read_labels(labels_csv)
     images = index_images(images_dir)
     ev = Evaluation(metrics=None)
@@ -70,12 +72,12 @@ def evaluate(images_dir, labels_csv, predict: Callable[[Path, str], float], prog
             ev.failures.append((lab["id"], "no image with this id in the folder"))
             continue
         try:
-            months = predict(path, "male" if lab["male"] else "female")
+            months, interval = predict(path, "male" if lab["male"] else "female")
         except EdgebaError as exc:
             ev.failures.append((lab["id"], str(exc)))
             continue
-        ev.rows.append({"id": lab["id"], "true": lab["boneage_months"], "predicted": months, "male": lab["male"]})
+        ev.rows.append({"id": lab["id"], "true": lab["boneage_months"], "predicted": months, "interval": interval, "male": lab["male"]})
     if ev.rows:
         true, pred = [r["true"] for r in ev.rows], [r["predicted"] for r in ev.rows]
-        ev.metrics = {**all_metrics(true, pred), "mae_ci95": list(mae_interval(true, pred))}
+        ev.metrics = {**all_metrics(true, pred), "mae_ci95": list(mae_interval(true, pred)), **coverage_stats(ev.rows)}
     return ev

@@ -36,6 +36,9 @@ class Radiograph:
     sex: str | None = None  # "male" / "female" from the file's metadata (DICOM), else None
     age_months: float | None = None  # chronological age from the file's metadata, else None
     warnings: list[str] = field(default_factory=list)
+    # True when the file states its grey scale (DICOM MONOCHROME1/2): then it is authoritative. Else the
+    # predictor decides from the hand itself (edgeba/hand.py); loading never guesses from the background.
+    polarity_known: bool = False
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -203,21 +206,8 @@ def _read_dicom(path: Path, name: str) -> tuple[np.ndarray, dict]:
     meta["sex"] = {"M": "male", "F": "female"}.get(sex)
     meta["age_months"] = _parse_age(age)
     meta["bit_depth"] = bits
+    meta["polarity_known"] = photometric in ("MONOCHROME1", "MONOCHROME2")
     return img, meta
-
-
-def looks_inverted(pixels: np.ndarray) -> bool:
-    """True when the most common intensity of the central 75 % (the background) is bright.
-
-    Radiographs show bone bright on a dark background. White collimator borders make the image
-    border a poor cue, so the histogram mode of the centre decides. On the 1,338 RSNA training
-    images it flags 2 originals (flat grey scans) and 95 % of their negatives; load_image warns
-    whenever it inverts, so the rare wrong flip is visible.
-    """
-    h, w = pixels.shape
-    centre = pixels[h // 8 : 7 * h // 8, w // 8 : 7 * w // 8]
-    hist = np.histogram(centre, bins=32, range=(0.0, 1.0))[0]
-    return (int(np.argmax(hist)) + 0.5) / 32 > 0.7
 
 
 def load_image(path: str | os.PathLike) -> Radiograph:
@@ -259,9 +249,6 @@ def load_image(path: str | os.PathLike) -> Radiograph:
     meta["warnings"] += warn
     if float(pixels.std()) < 0.01:
         raise InputError(f"{name}: image is blank or nearly uniform")
-    if fmt != "dicom" and looks_inverted(pixels):  # DICOM says its polarity (MONOCHROME1/2) itself
-        pixels = 1.0 - pixels
-        meta["warnings"].append("image looked inverted (bright background); inverted it back")
     return Radiograph(
         pixels=np.ascontiguousarray(pixels, dtype=np.float32),
         path=str(p),
@@ -270,4 +257,5 @@ def load_image(path: str | os.PathLike) -> Radiograph:
         sex=meta.get("sex"),
         age_months=meta.get("age_months"),
         warnings=meta["warnings"],
+        polarity_known=meta.get("polarity_known", False),
     )

@@ -13,13 +13,13 @@ from pathlib import Path
 
 import numpy as np
 
-from edgeba import regress
+from edgeba import interval, regress
 from edgeba.backends import choose, default_threads, open_stage
 from edgeba.errors import InputError, SegmentationError
+from edgeba.hand import find_hand, is_hand
 from edgeba.io import Radiograph, load_image
 from edgeba.manifest import load_manifest
 from edgeba.preprocess import PreprocessConfig, regressor_input, regressor_inputs_tta
-from edgeba.quality import hand_present, mask_quality
 from edgeba.segment import mask_from_prob, unet_input
 
 SEXES = ("male", "female")
@@ -37,6 +37,9 @@ class Prediction:
     mask_quality: dict | None  # {"ok", "reasons", "metrics"}; None for a model without segmentation
     warnings: list[str]
     tta_views: int = 1  # regressor runs averaged (test-time augmentation)
+    interval_months: list[float] | None = None  # 90 % prediction interval [lo, hi]; None: model not calibrated
+    view_months: list[float] = field(default_factory=list)  # each regressor run's months (first = the plain view)
+    inverted: bool = False  # the grey scale was flipped because the hand showed bone dark (edgeba/hand.py)
     chronological_age_months: float | None = None
     bone_minus_chronological_months: float | None = None
     radiograph: Radiograph | None = field(default=None, repr=False)
@@ -55,6 +58,8 @@ class Prediction:
             "mask_quality": self.mask_quality,
             "warnings": list(self.warnings),
             "tta_views": self.tta_views,
+            "interval_months": self.interval_months,
+            "inverted": self.inverted,
             "chronological_age_months": self.chronological_age_months,
             "bone_minus_chronological_months": (
                 None if self.bone_minus_chronological_months is None else round(self.bone_minus_chronological_months, 2)
@@ -103,6 +108,11 @@ class Predictor:
         warn = [f"--sex {sex} overrides the file's PatientSex ({rad.sex})"] if rad.sex and rad.sex != sex else []
         return sex, "argument", warn
 
+    def _segment(self, pixels: np.ndarray) -> np.ndarray:
+        """One U-Net pass: the full-resolution hand mask of `pixels`."""
+        x, box = unet_input(pixels, self.cfg.unet_size)
+        return mask_from_prob(self.unet.run({"image": x[None, :, :, None]}), box, pixels.shape)
+
     def predict(self, path: str | Path, sex: str | None = None, force: bool = False) -> Prediction:
         """One radiograph -> Prediction. Raises InputError / SegmentationError / ModelError."""
         timings: dict[str, float] = {}
@@ -113,20 +123,20 @@ class Predictor:
         used_sex, source, warnings = self._sex(rad, sex, name)
         warnings = list(rad.warnings) + warnings
 
-        mask, quality = None, None
+        mask, quality, inverted = None, None, False
         if self.unet is not None:
             t0 = time.perf_counter()
-            x, box = unet_input(rad.pixels, self.cfg.unet_size)
-            prob = self.unet.run({"image": x[None, :, :, None]})
-            mask = mask_from_prob(prob, box, rad.shape)
+            hand = find_hand(rad.pixels, self._segment, rad.polarity_known)
             timings["segment"] = _ms(t0)
-            q = mask_quality(mask)
-            quality = {"ok": bool(q.ok), "reasons": list(q.reasons), "metrics": q.metrics}
+            rad.pixels, mask, q, inverted = hand.pixels, hand.mask, hand.quality, hand.inverted
+            warnings += hand.warnings
+            quality = {"ok": bool(q.ok), "reasons": list(q.reasons), "metrics": q.metrics | {"zoomed": hand.zoomed, "bone_contrast": round(hand.contrast, 3) if np.isfinite(hand.contrast) else None}}
             if not q.ok:
                 why = "; ".join(q.reasons) or "mask failed the quality checks"
-                if not self.cfg.segment and hand_present(q):
-                    # The regressor sees the whole image: a leaky mask does not change the estimate.
-                    warnings.append(f"hand mask failed quality checks ({why}); the model does not crop to it, check the overlay")
+                if is_hand(q, hand.contrast):
+                    # A real hand is scored however it is framed; a poor outline is the reader's to check.
+                    where = "the model crops to it" if self.cfg.segment else "the model does not crop to it"
+                    warnings.append(f"hand mask failed quality checks ({why}); {where}, check the overlay")
                 elif not force or not mask.any():
                     raise SegmentationError(f"{name}: no plausible hand found ({why})")
                 else:
@@ -140,10 +150,14 @@ class Predictor:
 
         t0 = time.perf_counter()
         sex_feed = {"sex": np.array([[1.0 if used_sex == "male" else 0.0]], np.float32)} if self.manifest.sex_input else {}
-        age = float(np.mean([regress.months(self.regressor.run({"image": x[None, :, :, None]} | sex_feed), self.target) for x in views]))
+        view_months = [regress.months(self.regressor.run({"image": x[None, :, :, None]} | sex_feed), self.target) for x in views]
+        age = float(np.mean(view_months))
         timings["regress"] = _ms(t0)
         timings["total"] = _ms(t_all)
         if (w := regress.plausibility_warning(age)) is not None:
+            warnings.append(w)
+        iv = interval.interval(self.manifest.data, age, view_months)
+        if iv is not None and (w := iv.warning()) is not None:
             warnings.append(w)
 
         diff = None if rad.age_months is None else age - rad.age_months
@@ -158,6 +172,9 @@ class Predictor:
             mask_quality=quality,
             warnings=warnings,
             tta_views=len(views),
+            interval_months=None if iv is None else iv.as_list(),
+            view_months=view_months,
+            inverted=inverted,
             chronological_age_months=rad.age_months,
             bone_minus_chronological_months=diff,
             radiograph=rad,

@@ -41,7 +41,8 @@ def _build_fixture(cache_root: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def fixture_model(request, tmp_path_factory) -> Path:
-    cache = request.config.cache  # None under -p no:cacheprovider: build into a temporary folder
+    # No cache under -p no:cacheprovider (no `config.cache` at all; a read-only checkout): build into a temporary folder
+    cache = getattr(request.config, "cache", None)
     root = cache.mkdir("edgeba-fixture-model") if cache is not None else tmp_path_factory.mktemp("fixture-model")
     return _build_fixture(Path(root))
 

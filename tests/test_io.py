@@ -103,10 +103,11 @@ def test_real_colour_image_is_converted_with_warning(tmp_path, real):
     assert r.pixels.ndim == 2 and any("colour" in w for w in r.warnings)
 
 
-def test_inverted_image_is_inverted_back(tmp_path, real):
+def test_loader_keeps_the_stored_grey_scale(tmp_path, real):
+    # Polarity is decided from the hand by the predictor (tests/test_hand.py), never from the background here.
     r = load_image(_write(tmp_path / "neg.png", 255 - real))
-    assert any("inverted" in w for w in r.warnings)
-    np.testing.assert_allclose(r.pixels, real / 255.0, atol=1e-6)
+    assert not r.polarity_known and not any("invert" in w for w in r.warnings)
+    np.testing.assert_allclose(r.pixels, (255 - real) / 255.0, atol=1e-6)
 
 
 def test_float_tiff(tmp_path, real):
@@ -126,6 +127,7 @@ def test_dicom_monochrome1_is_inverted(tmp_path, real):
     r = load_image(write_dicom(tmp_path / "m1", (255 - real).astype(np.uint16), PhotometricInterpretation="MONOCHROME1", PatientSex="F"))
     assert r.sex == "female"
     assert corr(r.pixels, real) > 0.999 and not r.warnings  # bone bright again, no heuristic needed
+    assert r.polarity_known  # and the predictor takes the header's word for it
 
 
 def test_dicom_rescale_and_voi_window(tmp_path, real):

@@ -1,0 +1,115 @@
+"""Find the hand: its mask, the grey-scale polarity, and whether the image shows a hand at all.
+
+The predictor calls `find_hand` with its U-Net (`segment(pixels) -> mask`). Three things clinics'
+images break, each handled here from evidence in the hand itself:
+- polarity: a negative (bone dark) is inverted only when the hand's own core-vs-rim contrast says so
+  (edgeba/polarity.py); a bright plate or flat grey scan around a normal hand is not a reason;
+- a small hand on a large plate: the U-Net sees the whole image at 128 px, where such a hand is a few
+  fingers wide; the image is cropped around the first mask and segmented again, zoomed in;
+- refusal: only when no pass finds anything hand-like (`is_hand`: a hand outline, or a weaker hand
+  shape with bone inside it); a hand with a poor outline is scored with a warning.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from edgeba.polarity import CLEAR, hand_contrast
+from edgeba.quality import MAX_AREA, MIN_AREA, OPPOSITE, MaskQuality, hand_present, mask_quality
+
+ZOOM_BELOW = MIN_AREA  # a mask smaller than this (area fraction) is segmented again, zoomed in
+ZOOM_MARGIN = 0.25  # context kept around the first mask's box, fraction of its longer side
+# Weakest evidence that still counts as a hand (after zooming): a hand-sized region whose outline is
+# not convex (fingers, even closed ones, leave concavities; a plate, a body or noise do not).
+MIN_HAND_AREA = 0.03
+MAX_HAND_SOLIDITY = 0.88
+# Drawings, text pages and smooth shapes segmented as a "hand" show no bone inside (|contrast| < 0.05
+# on the synthetic non-hands of tests/test_hand.py); real hands mostly > 0.1 (polarity.py).
+MIN_BONE_CONTRAST = 0.06
+
+
+@dataclass
+class Hand:
+    pixels: np.ndarray  # bone bright (inverted when the hand said so)
+    mask: np.ndarray  # uint8 {0,1}, same shape
+    quality: MaskQuality
+    inverted: bool
+    contrast: float  # core - rim inside the hand, in the returned pixels (> 0: bone bright)
+    zoomed: bool = False
+    warnings: list[str] = field(default_factory=list)
+
+
+def hand_shape(q: MaskQuality) -> bool:
+    """A hand-sized, non-convex region with at least one deep concavity (closed fingers, a hand partly
+    out of the frame) that leaves the image through one side or one corner at most, as a forearm does.
+    Blank, uniform and noise images, convex blobs and image-wide regions fail."""
+    m = q.metrics
+    area, solidity, gaps = m.get("area_frac", 0.0), m.get("solidity", 1.0), m.get("finger_gaps", 0)
+    sides = m.get("border_sides", [])
+    forearm = len(sides) <= 1 or (len(sides) == 2 and OPPOSITE[sides[0]] != sides[1])
+    return MIN_HAND_AREA <= area <= MAX_AREA and solidity <= MAX_HAND_SOLIDITY and gaps >= 1 and forearm
+
+
+def is_hand(q: MaskQuality, contrast: float) -> bool:
+    """Whether to score the image: a mask passing QC, a hand with fingers and a leaky outline
+    (`hand_present`), or a weaker hand shape that shows bone brighter than soft tissue inside it."""
+    if q.ok or hand_present(q):
+        return True
+    return hand_shape(q) and contrast >= MIN_BONE_CONTRAST
+
+
+def _score(q: MaskQuality) -> tuple:
+    m = q.metrics
+    return (q.ok, hand_present(q), hand_shape(q), min(m.get("finger_gaps", 0), 5), -len(q.reasons))
+
+
+def _segment_zoomed(pixels: np.ndarray, segment: Callable[[np.ndarray], np.ndarray]) -> tuple[np.ndarray, MaskQuality, bool]:
+    """The U-Net mask, and when it is small, the mask of a second pass on a crop around it.
+
+    The quality of a zoomed mask is judged in the crop's frame (where the hand fills a normal share)."""
+    mask = segment(pixels)
+    q = mask_quality(mask)
+    if not mask.any() or q.metrics.get("area_frac", 0.0) >= ZOOM_BELOW:
+        return mask, q, False
+    ys, xs = np.nonzero(mask)
+    y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
+    pad = ZOOM_MARGIN * max(y1 - y0, x1 - x0)
+    h, w = mask.shape
+    y0, y1 = max(0, math.floor(y0 - pad)), min(h, math.ceil(y1 + pad))
+    x0, x1 = max(0, math.floor(x0 - pad)), min(w, math.ceil(x1 + pad))
+    if min(y1 - y0, x1 - x0) < 32:  # too small to be a radiographed hand at this resolution
+        return mask, q, False
+    sub = segment(np.ascontiguousarray(pixels[y0:y1, x0:x1]))
+    qs = mask_quality(sub)
+    if _score(qs) <= _score(q):
+        return mask, q, False
+    full = np.zeros_like(mask)
+    full[y0:y1, x0:x1] = sub
+    return full, qs, True
+
+
+def find_hand(pixels: np.ndarray, segment: Callable[[np.ndarray], np.ndarray], polarity_known: bool = False) -> Hand:
+    """Mask and polarity of the hand. One U-Net pass when the first mask shows bone clearly bright
+    (almost every radiograph); else the inverse image too, and the contrast inside the better mask decides."""
+    mask, q, zoomed = _segment_zoomed(pixels, segment)
+    c = hand_contrast(pixels, mask) if mask.any() else float("nan")
+    if polarity_known or (q.ok and c > CLEAR):
+        return Hand(pixels, mask, q, False, c, zoomed)
+    neg = 1.0 - pixels
+    mask_n, q_n, zoomed_n = _segment_zoomed(neg, segment)
+    if _score(q_n) > _score(q):  # the hand shows better in the inverse: its outline, not yet its polarity
+        mask, q, zoomed = mask_n, q_n, zoomed_n
+    c = hand_contrast(pixels, mask) if mask.any() else float("nan")
+    # Only clear evidence inverts. The U-Net's preference is no evidence: on a bright plate it outlines
+    # the hand better in the inverse (tune: 3 wrong inversions of 150 plate/collimation images when it
+    # was allowed to settle weak contrasts, against 1 missed low-contrast infant negative of 50 without).
+    if c < -CLEAR:
+        return Hand(neg, mask, q, True, -c, zoomed, ["bone is darker than soft tissue inside the hand (a negative image); inverted the grey scale"])
+    warn = []
+    if hand_shape(q) and not c > CLEAR:
+        warn = [f"could not confirm from the hand that bone is bright (contrast {c:+.2f}); used the grey scale as stored, check the overlay"]
+    return Hand(pixels, mask, q, False, c, zoomed, warn)

@@ -1,0 +1,46 @@
+"""Is bone bright? The grey-scale polarity decided from evidence inside the hand, never the background.
+
+A bright background says nothing: plates, collimation fields and flat scans are bright around a
+correctly exposed hand. Inside the hand it is physics: the middle of a finger, palm or forearm holds
+bone and more tissue than its rim, so it absorbs more X-rays and shows brighter in a radiograph and
+darker in a negative. `hand_contrast` measures that (core minus rim) on a hand mask; the predictor
+segments the image as loaded and, unless the contrast clearly says "bone bright", also its inverse,
+and keeps the polarity whose own mask shows bone brighter than soft tissue. DICOM states its polarity
+(PhotometricInterpretation), which io.py applies and nothing here overrides.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+WORK_SIDE = 320  # a finger is ~15 px wide here: enough for a centre line and two flanks
+WINDOW = 0.06  # local thickness is measured over this fraction of the long side (about a finger's width)
+CENTRE, FLANK = 0.85, (0.2, 0.5)  # depth / local thickness of a structure's centre line and of its flanks
+CLEAR = 0.12  # |contrast| (grey levels of the stretched image) that settles the polarity; chosen on tune
+
+
+def _stretch(x: np.ndarray) -> np.ndarray:
+    lo, hi = np.percentile(x, (1, 99))
+    return np.clip((x - lo) / max(hi - lo, 1e-6), 0, 1)
+
+
+def hand_contrast(pixels: np.ndarray, mask: np.ndarray) -> float:
+    """Median grey along the centre lines of the hand's fingers, palm and forearm minus that of their
+    flanks (image stretched to 1-99 %): > 0 when bone is bright. NaN when the mask has no such parts.
+
+    Depth is relative to the local thickness (distance to the mask's edge / its maximum nearby), so a
+    mask that overshoots the skin a little still puts the flanks on soft tissue, not on the background."""
+    h, w = pixels.shape
+    s = min(1.0, WORK_SIDE / max(h, w))
+    size = (max(1, round(w * s)), max(1, round(h * s)))
+    img = _stretch(cv2.resize(pixels.astype(np.float32), size, interpolation=cv2.INTER_AREA))
+    m = cv2.resize(mask.astype(np.uint8), size, interpolation=cv2.INTER_NEAREST)
+    d = cv2.distanceTransform(m, cv2.DIST_L2, 5)
+    k = max(2, round(WINDOW * max(size)))
+    local = cv2.dilate(d, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * k + 1, 2 * k + 1)))
+    r = np.where(local >= 2.0, d / np.maximum(local, 1e-6), 0.0)
+    centre, flank = r >= CENTRE, (r > FLANK[0]) & (r <= FLANK[1])
+    if centre.sum() < 20 or flank.sum() < 20:
+        return float("nan")
+    return float(np.median(img[centre]) - np.median(img[flank]))

@@ -1,0 +1,104 @@
+"""Calibrate a model's 90 % prediction interval and write it into its manifest.
+
+    python export/calibrate_interval.py --model DIR --split tune [--backend auto] [--residuals-from RUN_DIR]
+
+Runs the model end to end (load, U-Net gate, regressor with the 5 views of `--precise`) on every image
+of a held-out split: the plain view gives the one-view residual, the views' mean the `--precise`
+residual, their spread the scale of the `--precise` interval (edgeba/interval.py). The split must be
+one the model was not fitted on; `val` is refused (it is only reported, never used for a choice).
+`--residuals-from RUN_DIR` takes the residuals from a training run's predictions_<split>.csv and
+predictions_<split>_tta.csv instead: a proxy for a model refitted on that split (its train-only
+sibling's residuals), recorded as such in the manifest. Rerun whenever the shipped model changes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from edgeba import dataset, interval
+from edgeba.errors import EdgebaError
+from edgeba.manifest import DEFAULT_DIR
+from edgeba.predictor import Predictor
+
+
+def _run_csv(path: Path) -> dict[str, tuple[float, float]]:
+    with open(path, newline="") as f:
+        return {r["id"]: (float(r["boneage_months"]), float(r["predicted_months"])) for r in csv.DictReader(f)}
+
+
+def measure(model_dir: Path, split: str, backend: str) -> tuple[list[dict], list[tuple[str, str]]]:
+    """Per image of the split: id, true months, plain-view and views-mean months, views' spread."""
+    pred = Predictor(model_dir, backend, tta=True)
+    rows, refused = [], []
+    cases = dataset.split_cases(split)
+    for k, case in enumerate(cases, 1):
+        try:
+            p = pred.predict(case.image_path, "male" if case.male else "female")
+        except EdgebaError as exc:
+            refused.append((case.id, str(exc)))
+            continue
+        v = p.view_months
+        rows.append({"id": case.id, "true": case.boneage_months, "single": v[0], "tta": float(np.mean(v)),
+                     "spread": float(np.std(v))})
+        if k % 20 == 0:
+            print(f"  {k}/{len(cases)}", file=sys.stderr, flush=True)
+    return rows, refused
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", type=Path, default=DEFAULT_DIR, help="model directory (its manifest.json is updated)")
+    ap.add_argument("--split", default="tune", choices=("train", "tune"), help="held-out split (never val)")
+    ap.add_argument("--backend", default="auto")
+    ap.add_argument("--residuals-from", type=Path, default=None, help="training run whose predictions_<split>*.csv give the residuals (proxy)")
+    ap.add_argument("--dry-run", action="store_true", help="print the calibration, do not write the manifest")
+    a = ap.parse_args(argv)
+
+    t0 = time.time()
+    rows, refused = measure(a.model, a.split, a.backend)
+    if a.residuals_from is not None:
+        single = _run_csv(a.residuals_from / f"predictions_{a.split}.csv")
+        tta = _run_csv(a.residuals_from / f"predictions_{a.split}_tta.csv")
+        rows = [r | {"true": single[r["id"]][0], "single": single[r["id"]][1], "tta": tta[r["id"]][1]}
+                for r in rows if r["id"] in single and r["id"] in tta]
+        source = (f"proxy: residuals of {a.residuals_from.as_posix()} (predictions_{a.split}.csv, _tta.csv), a sibling "
+                  f"never fitted on {a.split}; the views' spread from this model end to end ({a.backend})")
+    else:
+        source = f"this model end to end on {a.split} ({a.backend} backend)"
+    true = np.array([r["true"] for r in rows])
+    single = np.array([r["single"] for r in rows])
+    tta = np.array([r["tta"] for r in rows])
+    cal = {
+        "coverage": interval.COVERAGE,
+        "method": "split-conformal on absolute residuals; --precise scaled by the views' spread (edgeba/interval.py)",
+        "split": a.split,
+        "source": source,
+        "n_refused": len(refused),
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "command": "python export/calibrate_interval.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "modes": {
+            "single": interval.calibrate(single - true) | {"mae": round(float(np.mean(np.abs(single - true))), 3)},
+            "tta": interval.calibrate(tta - true, [r["spread"] for r in rows]) | {"mae": round(float(np.mean(np.abs(tta - true))), 3)},
+        },
+    }
+    print(json.dumps(cal, indent=1))
+    print(f"{len(rows)} images, {len(refused)} refused, {time.time() - t0:.0f} s", file=sys.stderr)
+    if not a.dry_run:
+        path = a.model / "manifest.json"
+        data = json.loads(path.read_text())
+        data["interval"] = cal
+        path.write_text(json.dumps(data, indent=2) + "\n")
+        print(f"wrote the interval calibration into {path}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

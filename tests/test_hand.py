@@ -1,0 +1,122 @@
+"""Finding the hand (edgeba/hand.py, edgeba/polarity.py) on real radiographs with the shipped model:
+the grey scale is decided from bone inside the hand, never from the background; DICOM's header is
+authoritative; a small or awkwardly framed hand is scored; images without a hand are refused."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from runtime_fixtures import *  # noqa: F401,F403
+from test_io import write_dicom
+
+from edgeba import stress
+from edgeba.dataset import rsna_root
+from edgeba.errors import EdgebaError
+from edgeba.hand import find_hand
+from edgeba.manifest import DEFAULT_DIR
+from edgeba.polarity import CLEAR, hand_contrast
+from edgeba.predictor import Predictor
+
+IDS = ("10043", "10108", "1398")
+CLEAR_IDS = IDS[:2]  # 1398 is a flat grey scan whose bones barely stand out (contrast about 0.06)
+
+
+@pytest.fixture(scope="module")
+def predictor() -> Predictor:
+    return Predictor(DEFAULT_DIR, "tflite", 1)
+
+
+def _grey(case_id: str) -> np.ndarray:
+    return cv2.imread(str(rsna_root() / "train" / f"{case_id}.jpg"), cv2.IMREAD_GRAYSCALE).astype(np.float32) / 255.0
+
+
+def _png(path: Path, img: np.ndarray) -> Path:
+    assert cv2.imwrite(str(path), np.round(np.clip(img, 0, 1) * 255).astype(np.uint8))
+    return path
+
+
+@pytest.mark.parametrize("case_id", IDS)
+def test_bone_contrast_has_the_sign_of_the_grey_scale(predictor, case_id):
+    img = _grey(case_id)
+    mask = predictor._segment(img)
+    assert hand_contrast(img, mask) > (CLEAR if case_id in CLEAR_IDS else 0.0)
+    assert hand_contrast(1.0 - img, mask) < 0.0
+
+
+@pytest.mark.parametrize("case_id", CLEAR_IDS)
+def test_a_negative_is_inverted_and_scored_like_the_original(predictor, tmp_path, case_id):
+    img = _grey(case_id)
+    pos = predictor.predict(_png(tmp_path / "pos.png", img), "female")
+    neg = predictor.predict(_png(tmp_path / "neg.png", 1.0 - img), "female")
+    assert not pos.inverted and neg.inverted
+    assert any("negative image" in w for w in neg.warnings)
+    assert abs(neg.bone_age_months - pos.bone_age_months) < 1.5
+
+
+def test_a_low_contrast_negative_is_kept_but_never_silently(predictor, tmp_path):
+    # Too little evidence to invert: flipping a real positive on a bright plate would be worse (hand.py).
+    neg = predictor.predict(_png(tmp_path / "neg.png", 1.0 - _grey(IDS[2])), "female")
+    assert not neg.inverted and any("could not confirm" in w for w in neg.warnings)
+
+
+@pytest.mark.parametrize("case_id", IDS)
+def test_a_hand_on_a_bright_plate_is_not_inverted(predictor, tmp_path, case_id):
+    img = _grey(case_id)
+    plate = stress.bright_plate(img, predictor._segment(img), np.random.default_rng(3))
+    assert float(np.median(plate)) > 0.55  # the background alone would have said "negative"
+    assert not predictor.predict(_png(tmp_path / "plate.png", plate), "male").inverted
+
+
+def test_dicom_photometric_interpretation_is_authoritative(predictor, tmp_path):
+    img = (_grey(IDS[0]) * 4095).astype(np.uint16)
+    calls = []
+
+    def segment(pixels):
+        calls.append(1)
+        return predictor._segment(pixels)
+
+    from edgeba.io import load_image
+
+    rad = load_image(write_dicom(tmp_path / "m1.dcm", 4095 - img, PhotometricInterpretation="MONOCHROME1", BitsStored=12))
+    hand = find_hand(rad.pixels, segment, rad.polarity_known)
+    assert rad.polarity_known and not hand.inverted and len(calls) == 1  # no second pass, no second opinion
+    pred = predictor.predict(tmp_path / "m1.dcm", "female")
+    assert not pred.inverted and not any("invert" in w for w in pred.warnings)
+
+
+def test_a_small_hand_on_a_large_plate_is_scored(predictor, tmp_path):
+    img = _grey(IDS[1])
+    h, w = img.shape
+    plate = np.full((int(h / 0.3), int(w / 0.3)), float(np.median(img[:20])), np.float32)
+    plate[40 : 40 + h, 60 : 60 + w] = img  # the film at 30 % of the plate's side, in a corner
+    pred = predictor.predict(_png(tmp_path / "small.png", plate), "female")
+    assert pred.mask_quality["metrics"]["zoomed"]  # found by the second, zoomed U-Net pass
+    ys, xs = np.nonzero(pred.mask)
+    assert ys.max() < 40 + h + 5 and xs.max() < 60 + w + 5  # the mask is on the film, not the plate
+
+
+def _non_hands() -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(0)
+    h, w = 1000, 800
+    foot = np.zeros((h, w), np.float32)
+    cv2.ellipse(foot, (400, 600), (160, 330), 0, 0, 360, 0.6, -1)
+    for k in range(5):
+        cv2.circle(foot, (260 + 70 * k, 260 - 10 * abs(k - 2)), 35, 0.6, -1)
+    return {
+        "noise": rng.random((h, w)).astype(np.float32),
+        "gradient": np.tile(np.linspace(0, 1, w, dtype=np.float32), (h, 1)),
+        "blank": np.full((h, w), 0.4, np.float32),
+        "checkerboard": (np.indices((h, w)).sum(0) // 80 % 2).astype(np.float32),
+        "foot_like": cv2.GaussianBlur(foot, (0, 0), 4) + 0.05 * rng.random((h, w)).astype(np.float32),
+    }
+
+
+@pytest.mark.parametrize("name", sorted(_non_hands()))
+@pytest.mark.parametrize("negative", [False, True])
+def test_images_without_a_hand_are_refused(predictor, tmp_path, name, negative):
+    img = _non_hands()[name]
+    with pytest.raises(EdgebaError, match="no plausible hand|blank"):
+        predictor.predict(_png(tmp_path / f"{name}.png", 1.0 - img if negative else img), "male")
