@@ -1,0 +1,68 @@
+"""The stress suite: its transforms are realistic and reproducible, and `edgeba stress --quick` (the CI
+mode) runs every transform end to end and reports every measure."""
+
+from __future__ import annotations
+
+import json
+
+import cv2
+import numpy as np
+import pytest
+from runtime_fixtures import *  # noqa: F401,F403
+
+from edgeba import stress
+from edgeba.dataset import rsna_root
+from edgeba.segment import bootstrap_mask
+
+
+@pytest.fixture(scope="module")
+def hand():
+    img = cv2.imread(str(rsna_root() / "train" / f"{GOOD_IDS[1]}.jpg"), cv2.IMREAD_GRAYSCALE).astype(np.float32) / 255.0
+    return img, bootstrap_mask(img)
+
+
+def test_every_transform_is_reproducible_and_changes_the_image(hand):
+    img, mask = hand
+    for name, (fn, _, _) in stress.TRANSFORMS.items():
+        a, b = fn(img, mask, stress._rng(1, "x", name)), fn(img, mask, stress._rng(1, "x", name))
+        np.testing.assert_array_equal(a, b, err_msg=name)
+        assert a.dtype == np.float32 or a.dtype == np.float64, name
+        if name not in ("clean", "jpeg_q30"):  # JPEG q30 happens when the file is written
+            assert a.shape != img.shape or not np.allclose(a, img), name
+
+
+def test_geometry_of_the_framing_transforms(hand):
+    img, mask = hand
+    h, w = img.shape
+    rng = np.random.default_rng(0)
+    assert stress.rotate(img, 90).shape == (w, h)
+    np.testing.assert_array_equal(stress.rotate(stress.rotate(img, 180), 180), img)
+    assert stress.rotate(img, 30).shape[0] > h  # the whole image stays in the frame
+    plate = stress.small_on_plate(img, rng)
+    assert min(plate.shape) > min(h, w)  # the film covers 30-60 % of a larger plate's side
+    crop = stress.tight_crop(img, mask, rng)
+    assert crop.size < img.size
+    bright = stress.bright_plate(img, mask, rng)
+    assert 0.55 < float(np.median(bright[mask == 0])) < 0.95 and np.allclose(bright[cv2.erode(mask, np.ones((31, 31))) > 0], img[cv2.erode(mask, np.ones((31, 31))) > 0], atol=0.02)
+    marked = stress.markers(img, mask, rng)
+    changed = np.abs(marked - img) > 0.05
+    assert changed.any() and changed[mask > 0].mean() < 0.05  # printed where the hand is not
+
+
+def test_quick_suite_runs_every_transform_and_reports_every_measure(tmp_path):
+    proc = run_cli("stress", "--quick", "--out", tmp_path, "--rows", tmp_path / "rows", timeout=1800)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    (summary,) = tmp_path.glob("stress-*-quick.json")
+    result = json.loads(summary.read_text())
+    table = result["transforms"]
+    assert list(table) == list(stress.TRANSFORMS)
+    for name, t in table.items():
+        assert t["n"] == stress.QUICK_N, name
+        if t["refused"] < t["n"]:
+            assert {"mae", "over_24", "wrong_inversion", "interval_coverage", "interval_mean_width"} <= set(t), name
+    assert table["clean"]["refused"] == 0 and table["inverted"]["refused"] == 0
+    assert table["clean"]["wrong_inversion"] == 0 and table["inverted"]["wrong_inversion"] == 0
+    assert abs(table["inverted"]["mae"] - table["clean"]["mae"]) < 0.5  # a negative is read as its positive
+    assert set(result["checks"]) >= {"mae_within_1_month", "over_24_at_most_1pct", "wrong_inversions", "refusals_frac", "coverage_85_95", "pass"}
+    rows = (tmp_path / "rows").glob("*.csv")
+    assert len(list(rows)) == 1  # per-image rows go to their own (git-ignored) folder, not next to the summary
