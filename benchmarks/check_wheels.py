@@ -14,6 +14,7 @@ benchmarks/README.md. Exit status 1 when some install does not resolve on some b
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import tempfile
@@ -27,16 +28,18 @@ BOARDS = (
     ("Raspberry Pi OS 13 Trixie, 64-bit (Pi 4/5)", "3.13", 41),
     ("Jetson JetPack 6 (Ubuntu 22.04)", "3.10", 35),
 )
-# The installs a board owner runs; [train] (TensorFlow, x86 only) and [dev] are not for boards.
-INSTALLS = ("base", "onnx", "openvino")
+# The installs of the edge guide (benchmarks/README.md): `pip install edgeba` and the one with every
+# runtime; [train] (TensorFlow, x86 only) and [dev] are not for boards.
+INSTALLS = ("base", "onnx,openvino")
 # Compiled packages whose wheel is shown (pure-Python ones install anywhere).
 SHOWN = ("numpy", "opencv-python-headless", "psutil", "ai-edge-litert", "onnxruntime", "onnx", "openvino", "protobuf")
 
 
 def requirements(install: str) -> list[str]:
-    """The requirement strings of edgeba's base install plus one extra (pyproject.toml)."""
+    """The requirement strings of edgeba's base install plus the extras named in `install` ("a,b")."""
     project = tomllib.loads(PYPROJECT.read_text())["project"]
-    return list(project["dependencies"]) + ([] if install == "base" else list(project["optional-dependencies"][install]))
+    extras = [] if install == "base" else install.split(",")
+    return list(project["dependencies"]) + [r for e in extras for r in project["optional-dependencies"][e]]
 
 
 def re_name(name: str) -> str:
@@ -67,6 +70,13 @@ def resolve(reqs: list[str], python: str, glibc: int) -> tuple[dict[str, str] | 
         return {re_name(i["metadata"]["name"]): i["download_info"]["url"].rsplit("/", 1)[-1] for i in items}, ""
 
 
+def short(wheel_file: str) -> str:
+    """numpy-2.2.6-cp310-cp310-manylinux_2_17_aarch64.manylinux2014_aarch64.whl -> numpy 2.2.6 cp310 glibc>=2.17."""
+    name, version, *_, python, _abi, platform = wheel_file[: -len(".whl")].split("-")
+    glibc = min((int(m) for m in re.findall(r"manylinux_2_(\d+)", platform)), default=17)  # manylinux2014 = 2.17
+    return f"{name.replace('_', '-')} {version} {python} glibc>=2.{glibc}"
+
+
 def main() -> int:
     print("| board | install | resolves | compiled wheels pip picks |")
     print("|---|---|---|---|")
@@ -79,9 +89,7 @@ def main() -> int:
                 failed += 1
                 print(f"| {name}, Python {python}, glibc 2.{glibc} | {what} | **no** | {error} |", flush=True)
                 continue
-            # Only the packages this install adds beyond the base one, after the base row.
-            shown = [p for p in SHOWN if p in picked and (install == "base" or p not in ("numpy", "opencv-python-headless", "psutil", "ai-edge-litert"))]
-            wheels = ", ".join(picked[p] for p in shown)
+            wheels = ", ".join(short(picked[p]) for p in SHOWN if p in picked)
             print(f"| {name}, Python {python}, glibc 2.{glibc} | {what} | yes | {wheels} |", flush=True)
     return 1 if failed else 0
 

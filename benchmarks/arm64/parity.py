@@ -4,7 +4,8 @@
     python parity.py images N                      # the first N val images (split order), one path a line
     python parity.py predict BACKEND LIST OUT.json INPUTS.npz [--reference]
                                                    # edgeba.predictor.Predictor on each listed image
-    python parity.py compare TOL X86.json ARM.json [...]  # pairs of files; exit 0 only when parity holds
+    python parity.py compare TOL --unfinished K X86.json ARM.json [...]
+                                                   # pairs of files; exit 0 only when parity holds
 
 `requirements` and `images` run on the host; `predict` runs on both architectures (it needs only the
 light runtime); `compare` prints one line per backend and the overall figure last.
@@ -105,9 +106,12 @@ def predict(backend: str, listing: Path, out: Path, inputs: Path, reference: boo
     }, indent=1))
 
 
-def compare(tol: float, files: list[str]) -> int:
-    """Pairs of (x86, aarch64) predict files -> one report line per backend; the figure last."""
-    worst_all, n_all, failed, names = 0.0, 0, [], []
+def compare(tol: float, files: list[str], unfinished: int = 0) -> int:
+    """Pairs of (x86, aarch64) predict files -> one report line per backend; the figure last.
+
+    `unfinished`: backends that install and run but did not finish under emulation; no verdict, so a failure.
+    """
+    worst_all, n_all, failed, names = 0.0, 0, [f"{unfinished} unfinished"] if unfinished else [], []
     for x86_file, arm_file in zip(files[::2], files[1::2]):
         x86, arm = (json.loads(Path(f).read_text()) for f in (x86_file, arm_file))
         b = x86["backend"]
@@ -160,7 +164,8 @@ def main(argv: list[str]) -> int:
     elif cmd == "predict":
         predict(args[0], Path(args[1]), Path(args[2]), Path(args[3]), reference="--reference" in args[4:])
     elif cmd == "compare":
-        return compare(float(args[0]), args[1:])
+        unfinished = int(args[2]) if args[1:2] == ["--unfinished"] else 0
+        return compare(float(args[0]), args[3:] if args[1:2] == ["--unfinished"] else args[1:], unfinished)
     else:
         raise SystemExit(f"unknown command {cmd!r}")
     return 0
