@@ -110,6 +110,10 @@ def test_upload_estimate_equals_the_cli(browser, server, downloads):
         assert shown == round(cli["bone_age_months"], 1), (shown, cli["bone_age_months"])
         assert field(card, "bone_age") == cli["bone_age"] and field(card, "sex") == sex
         assert cli["backend"] in field(card, "engine") and cli["model"] in field(card, "engine")
+        iv, shown_iv = cli.get("interval_months"), card.find_element(By.CSS_SELECTOR, ".interval")
+        assert shown_iv.is_displayed() == (iv is not None)  # shown exactly when the model gives one
+        if iv is not None:
+            assert shown_iv.text == f"Prediction interval: {iv[0]:.1f} to {iv[1]:.1f} months"
         overlay = card.find_element(By.CSS_SELECTOR, "img.overlay")
         assert overlay.is_displayed()
         assert browser.execute_script("return arguments[0].complete && arguments[0].naturalWidth", overlay) > 100
@@ -130,10 +134,10 @@ def test_upload_estimate_equals_the_cli(browser, server, downloads):
     assert [r["file"] for r in table] == [p.name for p in images]
     assert [round(float(r["bone_age_months"]), 1) for r in table] == [float(field(c, "bone_age_months")) for c in cards]
 
-    # The interval, once the model's JSON has one (`interval_months: [lo, hi]`, robustness work): shown as given.
+    # Whatever interval the JSON carries (`interval_months: [lo, hi]`) is shown as given, in the card and the table.
     browser.execute_script("showResult(cases[1], {...cases[1].result, interval_months: [150.24, 170.91]})")
-    assert cards[1].find_element(By.CSS_SELECTOR, ".interval").text == "Uncertainty interval: 150.2 to 170.9 months"
-    assert "[150-171]" in rows[1].text and not cards[0].find_element(By.CSS_SELECTOR, ".interval").is_displayed()
+    assert cards[1].find_element(By.CSS_SELECTOR, ".interval").text == "Prediction interval: 150.2 to 170.9 months"
+    assert "[150-171]" in rows[1].text
 
     # Print: one A4 page per patient, no controls, each with its estimate and overlay.
     pdf = base64.b64decode(browser.print_page(a4()))
