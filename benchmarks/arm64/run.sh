@@ -5,7 +5,7 @@
 #
 #   bash benchmarks/arm64/run.sh [--record]     # as root on Debian (bookworm or later), x86-64
 #
-# Needs: apt (Debian's archive), PyPI, python3 with pip, the RSNA images ($EDGEBA_DATA or
+# Needs: apt (Debian's archive), PyPI, python3 >= 3.11 with pip ($PYTHON), the RSNA images ($EDGEBA_DATA or
 # ../shared/data/rsna). Nothing is installed on the machine: a private apt config fetches the
 # bookworm arm64 .debs of Python 3.11 (unpacked into a sysroot) and Debian trixie's qemu-user
 # (QEMU 10; bookworm's 7.2 segfaults when LiteRT builds its interpreter), all cached under
