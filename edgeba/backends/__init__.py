@@ -37,11 +37,12 @@ def _missing_stage(manifest: Manifest, backend: str) -> str | None:
     return next((s for s in stages if not any(f in manifest.formats(s) for f in FORMATS[backend])), None)
 
 
-# Measured by `edgeba bench` on x86-64 (benchmarks/results/x86_64-20261203T*.md, 2-core AMD EPYC, the shipped
-# model): the wall time of a whole `edgeba predict` process on one image (cold start, s; OpenVINO with its
-# compiled-model cache filled) and the end-to-end time of each further image at 1 thread (ms, what a batch
+# Measured by `edgeba bench` on x86-64 (benchmarks/results/x86_64-20261202T072432.md: a quiet 2-core AMD EPYC, the
+# shipped model): the wall time of a whole `edgeba predict` process on one image (cold start, s; OpenVINO with
+# its compiled-model cache filled) and the end-to-end time of each further image at 1 thread (ms, what a batch
 # worker gets). Auto minimises start + (images - 1) x per image: one radiograph goes to the quickest starter,
 # a long batch to the quickest per image. Machines without numbers here (ARM: see benchmarks/) use ORDER.
+# Refresh from a bench on a quiet machine: its "What --backend auto weighs" section prints this table.
 MEASURED = {
     "x86_64": {"tflite": {"cold_start_s": 0.37, "image_ms": 34.9},
                "openvino": {"cold_start_s": 0.84, "image_ms": 35.6},
