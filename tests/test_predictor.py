@@ -78,11 +78,11 @@ def test_cropping_model_without_unet_is_a_model_error(fixture_model, tmp_path):
 
 def test_whole_image_model_accepts_a_leaky_mask_with_a_warning(fixture_model, good_image, tmp_path, monkeypatch):
     """A regressor that sees the whole image only needs the U-Net to prove there is a hand."""
-    from edgeba import predictor
+    from edgeba import hand
     from edgeba.quality import MaskQuality
 
     leaky = MaskQuality(False, {"area_frac": 0.4, "finger_gaps": 4}, ["outline has a long straight edge"])
-    monkeypatch.setattr(predictor, "mask_quality", lambda mask: leaky)
+    monkeypatch.setattr(hand, "mask_quality", lambda mask: leaky)  # the hand finder's QC (edgeba/hand.py)
     model = _edit_manifest(fixture_model, tmp_path / "m", lambda d: d["preprocess"].update(segment=False))
     pred = Predictor(model, "tflite", 1).predict(good_image, "male")
     assert pred.mask_quality["ok"] is False and any("does not crop to it" in w for w in pred.warnings)
