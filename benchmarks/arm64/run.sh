@@ -109,7 +109,10 @@ for b in $BACKENDS; do
       || { cat "$x86_site.log" >&2; echo "FAIL: x86 wheels for $b"; exit 1; }
     touch "$arm_site.ok"
   fi
-  [[ $b == tflite ]] && run_env "$x86_site" -- "${X86_PY[@]}" "$REPO/benchmarks/arm64/parity.py" images "$N" > "$CACHE/out/images.txt"
+  if [[ -z ${LISTED:-} ]]; then  # once, with the first backend's x86 site (it needs numpy)
+    run_env "$x86_site" -- "${X86_PY[@]}" "$REPO/benchmarks/arm64/parity.py" images "$N" > "$CACHE/out/images.txt"
+    LISTED=1
+  fi
   log "$b: x86_64, $N images"
   run_env "$x86_site" -- "${X86_PY[@]}" "$REPO/benchmarks/arm64/parity.py" predict "$b" "$CACHE/out/images.txt" "$CACHE/out/x86_64-$b.json" "$CACHE/out/inputs-$b.npz"
   log "$b: aarch64 under qemu-aarch64 -cpu $QEMU_CPU, $N images (slow: emulated)"
