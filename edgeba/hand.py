@@ -30,6 +30,10 @@ MAX_HAND_SOLIDITY = 0.88
 # Drawings, text pages and smooth shapes segmented as a "hand" show no bone inside (|contrast| < 0.05
 # on the synthetic non-hands of tests/test_hand.py); real hands mostly > 0.1 (polarity.py).
 MIN_BONE_CONTRAST = 0.06
+# A radiographed hand is never flat inside: bone, soft tissue and grain spread its grey levels (median
+# absolute deviation >= 1/255 in all 61 RSNA hands whose mask fails QC). A uniform shape (a drawn blob,
+# a blank plate region) has none, whatever outline the U-Net gives it.
+MIN_TEXTURE = 0.5 / 255
 
 
 @dataclass
@@ -54,12 +58,21 @@ def hand_shape(q: MaskQuality) -> bool:
     return MIN_HAND_AREA <= area <= MAX_AREA and solidity <= MAX_HAND_SOLIDITY and gaps >= 1 and forearm
 
 
-def is_hand(q: MaskQuality, contrast: float) -> bool:
-    """Whether to score the image: a mask passing QC, a hand with fingers and a leaky outline
-    (`hand_present`), or a weaker hand shape that shows bone brighter than soft tissue inside it."""
-    if q.ok or hand_present(q):
+def texture(pixels: np.ndarray, mask: np.ndarray) -> float:
+    """Median absolute deviation of the grey levels inside the mask (0 for a uniform region)."""
+    v = pixels[mask > 0]
+    return float(np.median(np.abs(v - np.median(v)))) if v.size else 0.0
+
+
+def is_hand(q: MaskQuality, contrast: float, flatness: float = 1.0) -> bool:
+    """Whether to score the image: a mask passing QC, or, inside a region that is not flat (`texture`),
+    a hand with fingers and a leaky outline (`hand_present`) or a weaker hand shape that shows bone
+    brighter than soft tissue inside it."""
+    if q.ok:
         return True
-    return hand_shape(q) and contrast >= MIN_BONE_CONTRAST
+    if flatness < MIN_TEXTURE:
+        return False
+    return hand_present(q) or (hand_shape(q) and contrast >= MIN_BONE_CONTRAST)
 
 
 def _score(q: MaskQuality) -> tuple:

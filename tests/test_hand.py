@@ -120,3 +120,27 @@ def test_images_without_a_hand_are_refused(predictor, tmp_path, name, negative):
     img = _non_hands()[name]
     with pytest.raises(EdgebaError, match="no plausible hand|blank"):
         predictor.predict(_png(tmp_path / f"{name}.png", 1.0 - img if negative else img), "male")
+
+
+def test_a_uniform_shape_is_never_a_hand_whatever_its_outline():
+    """A flat region (a drawn blob) is refused even when the U-Net outline passes hand_present; a real
+    radiographed hand has grey-level spread inside its mask."""
+    from edgeba.hand import MIN_TEXTURE, is_hand, texture
+    from edgeba.quality import MaskQuality
+
+    leaky = MaskQuality(False, {"area_frac": 0.3, "solidity": 0.7, "finger_gaps": 2, "border_sides": [], "components": 1},
+                        ["only 2 gaps between fingers found (need 3)"])
+    blob = np.full((400, 300), 200 / 255, np.float32)
+    mask = np.ones(blob.shape, np.uint8)
+    assert texture(blob, mask) == 0.0
+    assert is_hand(leaky, 0.3)  # the outline alone would pass
+    assert not is_hand(leaky, 0.3, texture(blob, mask))
+    hand = load_real("1378")  # a real hand whose U-Net mask fails QC
+    assert texture(hand, hand > 0.2) > MIN_TEXTURE
+    assert is_hand(MaskQuality(True, {}, []), 0.0, 0.0)  # a mask passing QC needs no more evidence
+
+
+def load_real(case_id: str) -> np.ndarray:
+    from edgeba.io import load_image
+
+    return load_image(rsna_root() / "train" / f"{case_id}.jpg").pixels
