@@ -17,6 +17,8 @@ import csv
 import io
 import os
 import signal
+import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
@@ -159,6 +161,15 @@ def _worker_start(threads: int) -> None:
 
     cv2.setNumThreads(threads)  # OpenCV's own pool would otherwise take every core in every worker
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    # A parent killed with SIGKILL cannot stop its pool: each worker leaves on its own once orphaned,
+    # instead of holding a model and memory until someone notices.
+    threading.Thread(target=_exit_when_orphaned, args=(os.getppid(),), daemon=True).start()
+
+
+def _exit_when_orphaned(parent: int, every_s: float = 0.5) -> None:
+    while os.getppid() == parent:
+        time.sleep(every_s)
+    os._exit(0)
 
 
 def _rows_in_pool(predict: Job, todo: list[str], workers: int) -> Iterator[dict]:

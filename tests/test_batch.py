@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 
+import psutil
 import pytest
 from runtime_fixtures import *  # noqa: F401,F403
 from runtime_fixtures import GOOD_IDS, run_cli
@@ -126,8 +127,12 @@ def test_sigkill_midway_leaves_a_readable_file_and_resumes(fixture_model, tmp_pa
     deadline = time.time() + 60
     while time.time() < deadline and (not out.exists() or out.read_text().count("\n") < 6):
         time.sleep(0.02)
+    workers = psutil.Process(proc.pid).children(recursive=True)
+    assert workers, "the batch should run in worker processes"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
+    _, alive = psutil.wait_procs(workers, timeout=15)  # orphaned workers leave on their own
+    assert not alive, f"workers outlived their killed parent: {[p.pid for p in alive]}"
     done = rows(out)  # readable: every complete row parses with every column
     assert 5 <= len(done) < n, "the run should have been killed midway"
     assert all(r["status"] == "ok" and r["bone_age_months"] for r in done[:-1])
