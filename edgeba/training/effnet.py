@@ -20,6 +20,8 @@ import keras
 import numpy as np
 from keras import layers
 
+from edgeba.training.nets import age_head
+
 # (repeats, kernel, first stride, expansion, in, out) per stage; the shared weights' README.
 STAGES = ((1, 3, 1, 1, 32, 16), (2, 3, 2, 6, 16, 24), (2, 5, 2, 6, 24, 40), (3, 3, 2, 6, 40, 80),
           (3, 5, 1, 6, 80, 112), (4, 5, 2, 6, 112, 192), (1, 3, 1, 6, 192, 320))
@@ -62,15 +64,7 @@ def build(input_size: int = 320, sex_input: bool = True, dropout: float = 0.2, c
     image = keras.Input((input_size, input_size, channels), name="image")
     x = layers.GlobalAveragePooling2D(name="gap")(backbone(image, channels))
     x = layers.Dropout(dropout, name="dropout")(x)
-    inputs = [image]
-    if sex_input:
-        sex = keras.Input((1,), name="sex")
-        inputs.append(sex)
-        s = layers.Dense(16, activation="relu", name="sex_embed")(sex)
-        x = layers.Concatenate(name="concat")([x, s])
-        x = layers.Dense(64, activation="relu", name="head_dense")(x)
-    out = layers.Dense(1, name="age")(x)
-    return keras.Model(inputs, out, name="regressor_effnet_lite0")
+    return age_head(image, x, sex_input, "regressor_effnet_lite0", hidden=64, hidden_name="head_dense")
 
 
 def torch_names(model: keras.Model) -> dict[str, tuple[str, str]]:

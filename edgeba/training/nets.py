@@ -84,15 +84,20 @@ def build_regressor(variant: str = "relu", input_size: int = 256, sex_input: boo
     x = _pool(x, variant, "top_pool")
     x = layers.Dropout(dropout, name="dropout")(x)
     x = layers.GlobalAveragePooling2D(name="gap")(x)
-    inputs = [image]
+    return age_head(image, x, sex_input, f"regressor_{variant}")
+
+
+def age_head(image, features, sex_input: bool, name: str, hidden: int = 32, hidden_name: str = "head") -> keras.Model:
+    """The regressor's end, shared by every network: pooled features [+ the sex input ("sex", 1 = male)
+    through a small embedding and a hidden layer] -> one Dense "age" (normalised months)."""
+    inputs, x = [image], features
     if sex_input:
         sex = keras.Input((1,), name="sex")
         inputs.append(sex)
         s = layers.Dense(16, activation="relu", name="sex_embed")(sex)
         x = layers.Concatenate(name="concat")([x, s])
-        x = layers.Dense(32, activation="relu", name="head")(x)
-    out = layers.Dense(1, name="age")(x)
-    return keras.Model(inputs, out, name=f"regressor_{variant}")
+        x = layers.Dense(hidden, activation="relu", name=hidden_name)(x)
+    return keras.Model(inputs, layers.Dense(1, name="age")(x), name=name)
 
 
 def copy_weights(src: keras.Model, dst: keras.Model) -> None:
