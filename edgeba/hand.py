@@ -64,13 +64,14 @@ def texture(pixels: np.ndarray, mask: np.ndarray) -> float:
     return float(np.median(np.abs(v - np.median(v)))) if v.size else 0.0
 
 
-def is_hand(q: MaskQuality, contrast: float, flatness: float = 1.0) -> bool:
-    """Whether to score the image: a mask passing QC, or, inside a region that is not flat (`texture`),
+def is_hand(q: MaskQuality, contrast: float, spread: float) -> bool:
+    """Whether to score the image: a mask passing QC, or, inside a region that is not flat (`spread`:
+    the `texture` of the pixels under the mask, only needed when QC fails),
     a hand with fingers and a leaky outline (`hand_present`) or a weaker hand shape that shows bone
     brighter than soft tissue inside it."""
     if q.ok:
         return True
-    if flatness < MIN_TEXTURE:
+    if spread < MIN_TEXTURE:
         return False
     return hand_present(q) or (hand_shape(q) and contrast >= MIN_BONE_CONTRAST)
 
