@@ -78,6 +78,33 @@ def _rotation(shape: tuple[int, int], center: tuple[float, float], angle: float)
     return mat, (int(np.ceil(hi[0] - lo[0])), int(np.ceil(hi[1] - lo[1])))
 
 
+def _upright(mask: np.ndarray, center: tuple[float, float]):
+    """The rotation about `center` that puts the hand upright: (angle, flipped, matrix, out_wh, rotated mask)."""
+    angle = main_axis_angle(mask)
+    mat, out_wh = _rotation(mask.shape, center, angle)
+    rmask = _rotate(mask, mat, out_wh, cv2.INTER_NEAREST)
+    flipped = _fingers_down(rmask)
+    if flipped:
+        angle += 180.0
+        mat, out_wh = _rotation(mask.shape, center, angle)
+        rmask = _rotate(mask, mat, out_wh, cv2.INTER_NEAREST)
+    return angle, flipped, mat, out_wh, rmask
+
+
+def upright_angle(mask: np.ndarray, work_side: int = 256) -> float:
+    """Degrees (counter-clockwise, in (-180, 180]) that would turn this hand mask fingers-up, as
+    canonical_crop turns it; 0 for an empty mask. Judged on a copy at most `work_side` px (cheap)."""
+    s = min(1.0, work_side / max(mask.shape))
+    m = (mask > 0).astype(np.uint8)
+    if s < 1.0:
+        m = cv2.resize(m, (max(1, round(m.shape[1] * s)), max(1, round(m.shape[0] * s))), interpolation=cv2.INTER_NEAREST)
+    mo = cv2.moments(m, binaryImage=True)
+    if mo["m00"] == 0:
+        return 0.0
+    angle = _upright(m, (mo["m10"] / mo["m00"], mo["m01"] / mo["m00"]))[0]
+    return float((angle + 180.0) % 360.0 - 180.0)
+
+
 def canonical_crop(pixels: np.ndarray, mask: np.ndarray, size: int, margin: float = 0.04) -> tuple[np.ndarray, CropInfo]:
     """Masked, upright, tightly cropped hand letterboxed to size x size (float32, background 0)."""
     scale = min(1.0, MAX_WORK_SIDE / max(pixels.shape))
@@ -90,14 +117,7 @@ def canonical_crop(pixels: np.ndarray, mask: np.ndarray, size: int, margin: floa
     if m["m00"] == 0:
         raise ValueError("empty mask")
     center = (m["m10"] / m["m00"], m["m01"] / m["m00"])
-    angle = main_axis_angle(mask)
-    mat, out_wh = _rotation(mask.shape, center, angle)
-    rmask = _rotate(mask, mat, out_wh, cv2.INTER_NEAREST)
-    flipped = _fingers_down(rmask)
-    if flipped:
-        angle += 180.0
-        mat, out_wh = _rotation(mask.shape, center, angle)
-        rmask = _rotate(mask, mat, out_wh, cv2.INTER_NEAREST)
+    angle, flipped, mat, out_wh, rmask = _upright(mask, center)
     rimg = _rotate(pixels.astype(np.float32), mat, out_wh, cv2.INTER_LINEAR) * rmask
     x, y, w, h = cv2.boundingRect(rmask)
     pad = int(round(margin * max(w, h)))

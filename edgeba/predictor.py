@@ -16,9 +16,10 @@ import numpy as np
 from edgeba import interval, regress
 from edgeba.backends import choose, default_threads, open_stage
 from edgeba.errors import InputError, SegmentationError
-from edgeba.hand import find_hand, is_hand, texture
+from edgeba.hand import is_hand, texture
 from edgeba.io import Radiograph, load_image
 from edgeba.manifest import load_manifest
+from edgeba.orient import find_upright_hand
 from edgeba.preprocess import PreprocessConfig, regressor_input, regressor_inputs_tta
 from edgeba.segment import mask_from_prob, unet_input
 
@@ -126,11 +127,13 @@ class Predictor:
         mask, quality, inverted = None, None, False
         if self.unet is not None:
             t0 = time.perf_counter()
-            hand = find_hand(rad.pixels, self._segment, rad.polarity_known)
+            hand, turns = find_upright_hand(rad.pixels, self._segment, rad.polarity_known)
             timings["segment"] = _ms(t0)
             rad.pixels, mask, q, inverted = hand.pixels, hand.mask, hand.quality, hand.inverted
             warnings += hand.warnings
-            quality = {"ok": bool(q.ok), "reasons": list(q.reasons), "metrics": q.metrics | {"zoomed": hand.zoomed, "bone_contrast": round(hand.contrast, 3) if np.isfinite(hand.contrast) else None}}
+            if turns:
+                warnings.append(f"turned the image {90 * turns} degrees counter-clockwise so the fingers point up")
+            quality = {"ok": bool(q.ok), "reasons": list(q.reasons), "metrics": q.metrics | {"zoomed": hand.zoomed, "turned_degrees": 90 * turns, "bone_contrast": round(hand.contrast, 3) if np.isfinite(hand.contrast) else None}}
             if not q.ok:
                 why = "; ".join(q.reasons) or "mask failed the quality checks"
                 if is_hand(q, hand.contrast, texture(rad.pixels, mask)):
