@@ -20,6 +20,7 @@ from edgeba.hand import is_hand, texture
 from edgeba.io import Radiograph, load_image
 from edgeba.manifest import load_manifest
 from edgeba.orient import find_upright_hand
+from edgeba.reframe import reframe
 from edgeba.preprocess import PreprocessConfig, regressor_input, regressor_inputs_tta
 from edgeba.segment import mask_from_prob, unet_input
 
@@ -148,6 +149,12 @@ class Predictor:
             warnings.append("this model has no segmentation stage: nothing checked that the image shows a hand")
 
         t0 = time.perf_counter()
+        if mask is not None and quality["ok"] and not self.cfg.segment and (r := reframe(rad.pixels, mask)) is not None:
+            # A whole-image model is only as good as the framing it was fitted on (edgeba/reframe.py); an
+            # outline that failed QC is not one to move the image by.
+            rad.pixels, mask = r.pixels, r.mask
+            quality["metrics"]["reframed"] = True
+            warnings.append(f"{r.why}: estimated on the hand turned upright and framed like a typical radiograph")
         views = regressor_inputs_tta(rad.pixels, mask, self.cfg) if self.tta else regressor_input(rad.pixels, mask, self.cfg)[None]
         timings["preprocess"] = _ms(t0)
 
