@@ -52,16 +52,25 @@ def _turn(pixels: np.ndarray, k: int) -> np.ndarray:
 def find_upright_hand(pixels: np.ndarray, segment: Callable[[np.ndarray], np.ndarray],
                       polarity_known: bool = False) -> tuple[Hand, int]:
     """(hand, turns): the hand found in `pixels` turned `turns` quarter turns counter-clockwise
-    (np.rot90; 0 = as stored). The returned Hand's pixels and mask are in the turned frame."""
-    hands = {0: find_hand(pixels, segment, polarity_known), 2: find_hand(_turn(pixels, 2), segment, polarity_known)}
-    if _settled(hands[0], hands[2]):
-        return hands[0], 0
+    (np.rot90; 0 = as stored). The returned Hand's pixels and mask are in the turned frame.
+
+    The other turns are segmented in the grey scale the stored image's pass settled on (one U-Net
+    pass each, no inverse pass); a turned winner is segmented once more from the stored pixels so
+    that its polarity is decided from its own, upright outline."""
+    first = find_hand(pixels, segment, polarity_known)
+    hands = {0: first, 2: find_hand(_turn(first.pixels, 2), segment, True)}
+    if _settled(first, hands[2]):
+        return first, 0
     turns = 0
     for k in (1, 2, 3):
         if k not in hands:
-            hands[k] = find_hand(_turn(pixels, k), segment, polarity_known)
+            hands[k] = find_hand(_turn(first.pixels, k), segment, True)
         # Only to an upright outline, and only when strictly better (ties keep the image as stored): a
         # non-hand segmented four ways must not get four chances to pass as one (tests/test_hand.py).
         if upright(hands[k]) and _rank(hands[k]) > _rank(hands[turns]):
             turns = k
-    return hands[turns], turns
+    if turns == 0:
+        return first, 0
+    hand = find_hand(_turn(pixels, turns), segment, polarity_known)
+    # The polarity pass may outline something else; a turn needs an upright hand in the end too.
+    return (hand, turns) if upright(hand) else (first, 0)

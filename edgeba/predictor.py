@@ -42,6 +42,7 @@ class Prediction:
     interval_months: list[float] | None = None  # 90 % prediction interval [lo, hi]; None: model not calibrated
     view_months: list[float] = field(default_factory=list)  # each regressor run's months (first = the plain view)
     inverted: bool = False  # the grey scale was flipped because the hand showed bone dark (edgeba/hand.py)
+    unet_passes: int = 0  # U-Net runs this prediction made (orientation, inverse, zoom: edgeba/orient.py, hand.py)
     chronological_age_months: float | None = None
     bone_minus_chronological_months: float | None = None
     radiograph: Radiograph | None = field(default=None, repr=False)
@@ -94,6 +95,7 @@ class Predictor:
         self.regressor = open_stage(self.manifest, "regress", self.backend, self.threads)
         self.formats = {"regress": self.regressor.format} | ({"segment": self.unet.format} if self.unet else {})
         self.load_ms = _ms(t0)
+        self._unet_passes = 0
 
     def _sex(self, rad: Radiograph, sex: str | None, name: str) -> tuple[str | None, str, list[str]]:
         if sex is not None and sex not in SEXES:
@@ -112,6 +114,7 @@ class Predictor:
 
     def _segment(self, pixels: np.ndarray) -> np.ndarray:
         """One U-Net pass: the full-resolution hand mask of `pixels`."""
+        self._unet_passes += 1
         x, box = unet_input(pixels, self.cfg.unet_size)
         return mask_from_prob(self.unet.run({"image": x[None, :, :, None]}), box, pixels.shape)
 
@@ -126,6 +129,7 @@ class Predictor:
         warnings = list(rad.warnings) + warnings
 
         mask, quality, inverted = None, None, False
+        self._unet_passes = 0
         if self.unet is not None:
             t0 = time.perf_counter()
             hand, turns = find_upright_hand(rad.pixels, self._segment, rad.polarity_known)
@@ -185,6 +189,7 @@ class Predictor:
             interval_months=None if iv is None else iv.as_list(),
             view_months=view_months,
             inverted=inverted,
+            unet_passes=self._unet_passes,
             chronological_age_months=rad.age_months,
             bone_minus_chronological_months=diff,
             radiograph=rad,

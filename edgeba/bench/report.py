@@ -58,16 +58,17 @@ def markdown(r: dict) -> str:
               "(runs bf16): OpenVINO's CPU plugin runs an FP32 model in bfloat16 on CPUs with AMX / AVX512-BF16, as `edgeba predict` does."]
     for t in ts:
         lines += ["", f"## Stages at {t} thread(s): median ms", "",
-                  "| format | decode | segment (U-Net alone) | mask QC etc. | crop+enhance | regress (one regressor call alone) | total (p90) | not in a model |",
+                  "| format | decode | segment (U-Net alone x passes) | mask QC etc. | crop+enhance | regress (one regressor call alone) | total (p90) | not in a model |",
                   "|---|---|---|---|---|---|---|---|"]
         for f, x in fm.items():
             s = {k: v["median"] for k, v in x["latency"].get(t, {}).items() if isinstance(v, dict) and "median" in v}
             if s:
-                lines.append(f"| {f} | {s['decode']:.1f} | {s['segment']:.1f} ({s['segment_model']:.1f}) | {s['qc']:.1f} | "
+                passes = x["latency"][t].get("unet_passes", {}).get("median", 1)
+                lines.append(f"| {f} | {s['decode']:.1f} | {s['segment']:.1f} ({s['segment_model']:.1f} x {passes:g}) | {s['qc']:.1f} | "
                              f"{s['crop_enhance']:.1f} | {s['regress']:.1f} ({s['regress_model']:.1f}) | "
                              f"{s['total']:.1f} ({x['latency'][t]['total']['p90']:.1f}) | {s['total'] - s['models']:.1f} |")
     lines += ["", "Stages as `edgeba predict` times them (Predictor.timings_ms); \"alone\": the runtime call by itself on the same "
-              f"inputs, timed apart; \"not in a model\": total minus all model calls alone (the U-Net once, the regressor "
+              f"inputs, timed apart; \"not in a model\": total minus all model calls alone (the U-Net as often as each prediction ran it: as stored and upside down, more for a turned, negative or small hand; the regressor "
               f"{d['pipeline_gmac']['tta_views']} time(s)): numpy/OpenCV work that INT8 cannot speed up."]
     lines += ["", "## INT8 speed-up over FP32, same backend, same run (FP32 ms / INT8 ms)", "", "| backend | " +
               " | ".join(f"e2e {t}T | models {t}T" for t in ts) + " |", "|---|" + "---|---|" * len(ts)]
@@ -76,8 +77,8 @@ def markdown(r: dict) -> str:
     g = r["gmac"]
     lines += ["", "## Compute floor", "",
               "GMAC per model call: " + ", ".join(f"{k} {v['gmac']:.3f} ({v['source']})" for k, v in g.items())
-              + f"; per image {_f(d['pipeline_gmac']['gmac'], '{:.3f}')} (the regressor runs {d['pipeline_gmac']['tta_views']} time(s): "
-              "test-time augmentation views).",
+              + f"; per image {_f(d['pipeline_gmac']['gmac'], '{:.3f}')} (the U-Net runs {d['pipeline_gmac'].get('unet_passes', 1):g} time(s), "
+              f"the regressor {d['pipeline_gmac']['tta_views']} time(s): test-time augmentation views).",
               f"Peak: best of {r['settings']['matmul']['repeats']} float32 numpy matmuls n={r['settings']['matmul']['n']} ("
               + ", ".join(f"{t}T {p['gmac_per_s']:.1f} GMAC/s" for t, p in r["peak"].items()) + "). "
               "Floor = GMAC / peak; x floor = measured median / floor (models: all model calls of one image, alone; e2e: whole pipeline). "

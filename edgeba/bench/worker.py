@@ -25,7 +25,8 @@ RUNTIME_MODULE = {"tflite": "ai_edge_litert.interpreter", "openvino": "openvino"
 # Predictor.timings_ms keys -> bench stage names; "qc" is the rest of the total (mask QC, sex, warnings).
 STAGE_NAMES = {"load": "decode", "segment": "segment", "preprocess": "crop_enhance", "regress": "regress", "total": "total"}
 STAGE_KEYS = ("decode", "segment", "qc", "crop_enhance", "regress", "total")
-# The runtimes alone on the same inputs: one U-Net call, one regressor call, and all model calls of one prediction.
+# The runtimes alone on the same inputs: one U-Net call, one regressor call, and all model calls of one prediction
+# (the U-Net as many times as that prediction ran it: edgeba/orient.py turns, hand.py inverse and zoom passes).
 MODEL_KEYS = ("segment_model", "regress_model", "models")
 
 
@@ -102,9 +103,10 @@ def work_latency(spec: dict) -> dict:
     # Each model in its own loop, as inside a prediction (the TTA regressor calls come back to back).
     seg = [_ms(lambda: predictor.unet.run(feeds[i % len(feeds)][0])) if predictor.unet else 0.0 for i in range(n)][keep]
     reg = [_ms(lambda: predictor.regressor.run(feeds[i % len(feeds)][1])) for i in range(n)][keep]
-    models = [{"segment_model": s, "regress_model": r, "models": s + views * r} for s, r in zip(seg, reg)]
+    passes = [p.unet_passes for p in preds]
+    models = [{"segment_model": s, "regress_model": r, "models": k * s + views * r} for s, r, k in zip(seg, reg, passes)]
     out = {"import_ms": import_ms, "load_first_ms": first.load_ms, "load_ms": predictor.load_ms, "formats": predictor.formats,
-           "tta_views": views}
+           "tta_views": views, "unet_passes": stats(passes)}
     out |= {k: stats([d[k] for d in laps]) for k in STAGE_KEYS} | {k: stats([d[k] for d in models]) for k in MODEL_KEYS}
     if backend_of(fmt) == "openvino":  # FP32 IR runs in bf16 on CPUs with AMX/AVX512-BF16 unless told f32
         out["inference_precision"] = predictor.regressor.compiled.get_property("INFERENCE_PRECISION_HINT").to_string()
