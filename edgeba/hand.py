@@ -16,9 +16,10 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import cv2
 import numpy as np
 
-from edgeba.polarity import CLEAR, hand_contrast
+from edgeba.polarity import CLEAR, RIDGES, WEAK, bone_ridges, hand_contrast
 from edgeba.quality import MAX_AREA, MIN_AREA, OPPOSITE, MaskQuality, hand_present, mask_quality
 
 ZOOM_BELOW = MIN_AREA  # a mask smaller than this (area fraction) is segmented again, zoomed in
@@ -34,6 +35,13 @@ MIN_BONE_CONTRAST = 0.06
 # absolute deviation >= 1/255 in all 61 RSNA hands whose mask fails QC). A uniform shape (a drawn blob,
 # a blank plate region) has none, whatever outline the U-Net gives it.
 MIN_TEXTURE = 0.5 / 255
+# Nor is it smooth: cortices, joints and growth plates give it edges at a bone's scale. A grey gradient,
+# a vignette or a smooth blob (with or without grain) has none, and the U-Net can still outline it as a
+# hand that passes QC. `detail` of 195 synthetic gradients (horizontal, vertical, diagonal, radial,
+# vignette, 2-D smooth noise, sine, partial ramps; 300-2000 px; plain, with grain, low range): <= 0.042;
+# of RSNA hands (all 1338, clean, whatever their QC): see MIN_DETAIL_EVIDENCE.
+MIN_DETAIL = 0.05
+DETAIL_SIDE, DETAIL_SIGMAS = 320, (2.0, 6.0)  # px; a band-pass from bone edges up to a finger's width
 
 
 @dataclass
@@ -64,16 +72,29 @@ def texture(pixels: np.ndarray, mask: np.ndarray) -> float:
     return float(np.median(np.abs(v - np.median(v)))) if v.size else 0.0
 
 
-def is_hand(q: MaskQuality, contrast: float, spread: float) -> bool:
-    """Whether to score the image: a mask passing QC, or, inside a region that is not flat (`spread`:
-    the `texture` of the pixels under the mask, only needed when QC fails),
-    a hand with fingers and a leaky outline (`hand_present`) or a weaker hand shape that shows bone
-    brighter than soft tissue inside it."""
-    if q.ok:
-        return True
-    if spread < MIN_TEXTURE:
+def detail(pixels: np.ndarray, mask: np.ndarray) -> float:
+    """Band-pass (difference of Gaussians) amplitude inside the mask, 90th percentile, relative to the
+    grey range there: structure at a bone's scale (0 for a flat or smoothly varying region)."""
+    h, w = pixels.shape
+    s = min(1.0, DETAIL_SIDE / max(h, w))
+    size = (max(1, round(w * s)), max(1, round(h * s)))
+    img = cv2.resize(pixels.astype(np.float32), size, interpolation=cv2.INTER_AREA)
+    m = cv2.resize(mask.astype(np.uint8), size, interpolation=cv2.INTER_NEAREST) > 0
+    if m.sum() < 50:
+        return 0.0
+    lo, hi = np.percentile(img[m], (1, 99))
+    band = cv2.GaussianBlur(img, (0, 0), DETAIL_SIGMAS[0]) - cv2.GaussianBlur(img, (0, 0), DETAIL_SIGMAS[1])
+    return float(np.percentile(np.abs(band[m]), 90) / max(hi - lo, 1e-6))
+
+
+def is_hand(q: MaskQuality, contrast: float, spread: float, structure: float) -> bool:
+    """Whether to score the image. Inside the mask the grey levels must spread (`spread`: `texture`)
+    and show structure at a bone's scale (`structure`: `detail`), whatever the outline; then a mask
+    passing QC, a hand with fingers and a leaky outline (`hand_present`) or a weaker hand shape that
+    shows bone brighter than soft tissue inside it."""
+    if spread < MIN_TEXTURE or structure < MIN_DETAIL:
         return False
-    return hand_present(q) or (hand_shape(q) and contrast >= MIN_BONE_CONTRAST)
+    return q.ok or hand_present(q) or (hand_shape(q) and contrast >= MIN_BONE_CONTRAST)
 
 
 def _score(q: MaskQuality) -> tuple:
@@ -108,20 +129,25 @@ def _segment_zoomed(pixels: np.ndarray, segment: Callable[[np.ndarray], np.ndarr
 
 def find_hand(pixels: np.ndarray, segment: Callable[[np.ndarray], np.ndarray], polarity_known: bool = False) -> Hand:
     """Mask and polarity of the hand. One U-Net pass when the first mask shows bone clearly bright
-    (almost every radiograph); else the inverse image too, and the contrast inside the better mask decides."""
+    (almost every radiograph); else the inverse image too, and the contrast inside the better mask
+    decides (a weak one only with the bone ridges' agreement)."""
     mask, q, zoomed = _segment_zoomed(pixels, segment)
     c = hand_contrast(pixels, mask) if mask.any() else float("nan")
     if polarity_known or (q.ok and c > CLEAR):
         return Hand(pixels, mask, q, False, c, zoomed)
     neg = 1.0 - pixels
     mask_n, q_n, zoomed_n = _segment_zoomed(neg, segment)
-    if _score(q_n) > _score(q):  # the hand shows better in the inverse: its outline, not yet its polarity
-        mask, q, zoomed = mask_n, q_n, zoomed_n
-    c = hand_contrast(pixels, mask) if mask.any() else float("nan")
-    # Only clear evidence inverts. The U-Net's preference is no evidence: on a bright plate it outlines
+    c_n = hand_contrast(pixels, mask_n) if mask_n.any() else float("nan")
+    # The hand shows better in the inverse: its outline, not yet its polarity. Two outlines that look
+    # equally good (flat grey scans, where the U-Net finds a hand either way): the one with bone visible.
+    if _score(q_n) > _score(q) or (_score(q_n) == _score(q) and abs(c_n) > abs(c)):
+        mask, q, zoomed, c = mask_n, q_n, zoomed_n, c_n
+    # Only evidence from the hand inverts. The U-Net's preference is none: on a bright plate it outlines
     # the hand better in the inverse (tune: 3 wrong inversions of 150 plate/collimation images when it
-    # was allowed to settle weak contrasts, against 1 missed low-contrast infant negative of 50 without).
-    if c < -CLEAR:
+    # was allowed to settle weak contrasts). A clear dark core inverts on its own; a weak one (flat grey
+    # scans: |contrast| 0.05-0.12) only when the bones also show as dark lines (`bone_ridges`), which
+    # vetoes the dark-looking cores of badly outlined positives (an upside-down hand's mask).
+    if c < -CLEAR or (c < -WEAK and bone_ridges(pixels, mask) < -RIDGES):
         return Hand(neg, mask, q, True, -c, zoomed, ["bone is darker than soft tissue inside the hand (a negative image); inverted the grey scale"])
     warn = []
     if hand_shape(q) and not c > CLEAR:
