@@ -37,11 +37,13 @@ MIN_BONE_CONTRAST = 0.06
 MIN_TEXTURE = 0.5 / 255
 # Nor is it smooth: cortices, joints and growth plates give it edges at a bone's scale. A grey gradient,
 # a vignette or a smooth blob (with or without grain) has none, and the U-Net can still outline it as a
-# hand that passes QC. `detail` of 195 synthetic gradients (horizontal, vertical, diagonal, radial,
-# vignette, 2-D smooth noise, sine, partial ramps; 300-2000 px; plain, with grain, low range): <= 0.042;
-# of RSNA hands (all 1338, clean, whatever their QC): see MIN_DETAIL_EVIDENCE.
+# hand that passes QC. `detail` of the synthetic gradients the U-Net outlined (horizontal, vertical,
+# diagonal, radial, vignette, 2-D smooth noise, sine; 300-2000 px; plain, with grain, low range):
+# <= 0.037 (clipped ramps, which have a real edge, reach 0.095 and are refused by the outline checks);
+# of RSNA hands (clean, find_hand's mask, whatever its QC): >= 0.056 (the 714 of 1338 surveyed in time).
 MIN_DETAIL = 0.05
 DETAIL_SIDE, DETAIL_SIGMAS = 320, (2.0, 6.0)  # px; a band-pass from bone edges up to a finger's width
+IQR_WEIGHT = 0.05 / 0.12  # the central half is narrower than the 1-99 % range: the same bar, rescaled
 
 
 @dataclass
@@ -74,7 +76,10 @@ def texture(pixels: np.ndarray, mask: np.ndarray) -> float:
 
 def detail(pixels: np.ndarray, mask: np.ndarray) -> float:
     """Band-pass (difference of Gaussians) amplitude inside the mask, 90th percentile, relative to the
-    grey range there: structure at a bone's scale (0 for a flat or smoothly varying region)."""
+    grey range there (1-99 %), or to its central half (x IQR_WEIGHT) when that is larger: structure at a
+    bone's scale, 0 for a flat or smoothly varying region. The central half keeps a dark hand on black
+    film inside a grey frame (RSNA 3339: 0.016 against the full range, 0.072 against the central half)
+    from looking smooth because its mask also holds the frame."""
     h, w = pixels.shape
     s = min(1.0, DETAIL_SIDE / max(h, w))
     size = (max(1, round(w * s)), max(1, round(h * s)))
@@ -82,9 +87,10 @@ def detail(pixels: np.ndarray, mask: np.ndarray) -> float:
     m = cv2.resize(mask.astype(np.uint8), size, interpolation=cv2.INTER_NEAREST) > 0
     if m.sum() < 50:
         return 0.0
-    lo, hi = np.percentile(img[m], (1, 99))
+    p1, p25, p75, p99 = np.percentile(img[m], (1, 25, 75, 99))
     band = cv2.GaussianBlur(img, (0, 0), DETAIL_SIGMAS[0]) - cv2.GaussianBlur(img, (0, 0), DETAIL_SIGMAS[1])
-    return float(np.percentile(np.abs(band[m]), 90) / max(hi - lo, 1e-6))
+    b = float(np.percentile(np.abs(band[m]), 90))
+    return max(b / max(p99 - p1, 1e-6), IQR_WEIGHT * b / max(p75 - p25, 1e-6))
 
 
 def is_hand(q: MaskQuality, contrast: float, spread: float, structure: float) -> bool:
@@ -138,16 +144,25 @@ def find_hand(pixels: np.ndarray, segment: Callable[[np.ndarray], np.ndarray], p
     neg = 1.0 - pixels
     mask_n, q_n, zoomed_n = _segment_zoomed(neg, segment)
     c_n = hand_contrast(pixels, mask_n) if mask_n.any() else float("nan")
+    c_stored = c  # bone contrast inside the outline found in the grey scale as stored
     # The hand shows better in the inverse: its outline, not yet its polarity. Two outlines that look
     # equally good (flat grey scans, where the U-Net finds a hand either way): the one with bone visible.
-    if _score(q_n) > _score(q) or (_score(q_n) == _score(q) and abs(c_n) > abs(c)):
+    from_inverse = _score(q_n) > _score(q) or (_score(q_n) == _score(q) and abs(c_n) > abs(c))
+    if from_inverse:
         mask, q, zoomed, c = mask_n, q_n, zoomed_n, c_n
     # Only evidence from the hand inverts. The U-Net's preference is none: on a bright plate it outlines
     # the hand better in the inverse (tune: 3 wrong inversions of 150 plate/collimation images when it
     # was allowed to settle weak contrasts). A clear dark core inverts on its own; a weak one (flat grey
-    # scans: |contrast| 0.05-0.12) only when the bones also show as dark lines (`bone_ridges`), which
+    # scans: |contrast| 0.03-0.12) only when the bones also show as dark lines (`bone_ridges`), which
     # vetoes the dark-looking cores of badly outlined positives (an upside-down hand's mask).
-    if c < -CLEAR or (c < -WEAK and bone_ridges(pixels, mask) < -RIDGES):
+    clear = c < -CLEAR
+    weak = not clear and c < -WEAK and bone_ridges(pixels, mask) < -RIDGES
+    # An outline from the inverse that contradicts the one as stored (bone bright there: clearly, or
+    # at all against a weak case) is no evidence: flat grey scans give a plausible outline in both grey
+    # scales, each showing "its" polarity; the grey scale as stored is kept, with the warning below.
+    if from_inverse and (c_stored > CLEAR or (weak and c_stored > WEAK)):
+        clear = weak = False
+    if clear or weak:
         return Hand(neg, mask, q, True, -c, zoomed, ["bone is darker than soft tissue inside the hand (a negative image); inverted the grey scale"])
     warn = []
     if hand_shape(q) and not c > CLEAR:

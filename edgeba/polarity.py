@@ -20,7 +20,8 @@ CENTRE, FLANK = 0.85, (0.2, 0.5)  # depth / local thickness of a structure's cen
 CLEAR = 0.12  # |contrast| (grey levels of the stretched image) that settles the polarity; chosen on tune
 # A weaker dark core (WEAK < -contrast <= CLEAR) inverts when the bone ridges agree (bone_ridges < -RIDGES).
 # Chosen on tune (38 images, 232 polarity decisions over inverted / bright plate / collimation / rot180 /
-# clean...): wrong decisions 8 -> 2; any WEAK in 0.02-0.035 and RIDGES in 0-0.3 gave the same.
+# clean...) and 6 clean train positives that a first version flipped: wrong decisions 8 -> 4 on tune
+# (all four: weak flat-scan negatives, kept with a warning), 0 of the 6 (hand.find_hand's veto).
 WEAK, RIDGES = 0.03, 0.3
 RIDGE_SIGMA, RIDGE_DEPTH = 3.0, 0.4  # a bone's scale at WORK_SIDE (px) and the interior where ridges count
 
