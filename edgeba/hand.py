@@ -16,6 +16,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import cv2
 import numpy as np
 
 from edgeba.polarity import CLEAR, hand_contrast
@@ -34,6 +35,16 @@ MIN_BONE_CONTRAST = 0.06
 # absolute deviation >= 1/255 in all 61 RSNA hands whose mask fails QC). A uniform shape (a drawn blob,
 # a blank plate region) has none, whatever outline the U-Net gives it.
 MIN_TEXTURE = 0.5 / 255
+# Nor is it smooth: cortices, joints and growth plates give it edges at a bone's scale. A grey gradient,
+# a vignette or a smooth blob (with or without grain) has none, and the U-Net can still outline it as a
+# hand that passes QC. `detail` of the synthetic gradients the U-Net outlined (horizontal, vertical,
+# diagonal, radial, vignette, 2-D smooth noise, sine; 300-2000 px; plain, with grain, low range):
+# <= 0.037 (clipped ramps, which have a real edge, reach 0.095 and are refused by the outline checks);
+# of all 1338 RSNA hands (clean, find_hand's mask, whatever its QC): >= 0.0535 against the full range
+# alone, but for RSNA 3339 (0.016 there, 0.072 with the central half; see `detail`).
+MIN_DETAIL = 0.05
+DETAIL_SIDE, DETAIL_SIGMAS = 320, (2.0, 6.0)  # px; a band-pass from bone edges up to a finger's width
+IQR_WEIGHT = 0.05 / 0.12  # the central half is narrower than the 1-99 % range: the same bar, rescaled
 
 
 @dataclass
@@ -64,16 +75,33 @@ def texture(pixels: np.ndarray, mask: np.ndarray) -> float:
     return float(np.median(np.abs(v - np.median(v)))) if v.size else 0.0
 
 
-def is_hand(q: MaskQuality, contrast: float, spread: float) -> bool:
-    """Whether to score the image: a mask passing QC, or, inside a region that is not flat (`spread`:
-    the `texture` of the pixels under the mask, only needed when QC fails),
-    a hand with fingers and a leaky outline (`hand_present`) or a weaker hand shape that shows bone
-    brighter than soft tissue inside it."""
-    if q.ok:
-        return True
-    if spread < MIN_TEXTURE:
+def detail(pixels: np.ndarray, mask: np.ndarray) -> float:
+    """Band-pass (difference of Gaussians) amplitude inside the mask, 90th percentile, relative to the
+    grey range there (1-99 %), or to its central half (x IQR_WEIGHT) when that is larger: structure at a
+    bone's scale, 0 for a flat or smoothly varying region. The central half keeps a dark hand on black
+    film inside a grey frame (RSNA 3339: 0.016 against the full range, 0.072 against the central half)
+    from looking smooth because its mask also holds the frame."""
+    h, w = pixels.shape
+    s = min(1.0, DETAIL_SIDE / max(h, w))
+    size = (max(1, round(w * s)), max(1, round(h * s)))
+    img = cv2.resize(pixels.astype(np.float32), size, interpolation=cv2.INTER_AREA)
+    m = cv2.resize(mask.astype(np.uint8), size, interpolation=cv2.INTER_NEAREST) > 0
+    if m.sum() < 50:
+        return 0.0
+    p1, p25, p75, p99 = np.percentile(img[m], (1, 25, 75, 99))
+    band = cv2.GaussianBlur(img, (0, 0), DETAIL_SIGMAS[0]) - cv2.GaussianBlur(img, (0, 0), DETAIL_SIGMAS[1])
+    b = float(np.percentile(np.abs(band[m]), 90))
+    return max(b / max(p99 - p1, 1e-6), IQR_WEIGHT * b / max(p75 - p25, 1e-6))
+
+
+def is_hand(q: MaskQuality, contrast: float, spread: float, structure: float) -> bool:
+    """Whether to score the image. Inside the mask the grey levels must spread (`spread`: `texture`)
+    and show structure at a bone's scale (`structure`: `detail`), whatever the outline; then a mask
+    passing QC, a hand with fingers and a leaky outline (`hand_present`) or a weaker hand shape that
+    shows bone brighter than soft tissue inside it."""
+    if spread < MIN_TEXTURE or structure < MIN_DETAIL:
         return False
-    return hand_present(q) or (hand_shape(q) and contrast >= MIN_BONE_CONTRAST)
+    return q.ok or hand_present(q) or (hand_shape(q) and contrast >= MIN_BONE_CONTRAST)
 
 
 def _score(q: MaskQuality) -> tuple:

@@ -16,7 +16,7 @@ import numpy as np
 from edgeba import interval, regress
 from edgeba.backends import choose, default_threads, open_stage
 from edgeba.errors import InputError, SegmentationError
-from edgeba.hand import is_hand, texture
+from edgeba.hand import MIN_DETAIL, detail, is_hand, texture
 from edgeba.io import Radiograph, load_image
 from edgeba.manifest import load_manifest
 from edgeba.orient import find_upright_hand
@@ -139,16 +139,17 @@ class Predictor:
             if turns:
                 warnings.append(f"turned the image {90 * turns} degrees counter-clockwise so the fingers point up")
             quality = {"ok": bool(q.ok), "reasons": list(q.reasons), "metrics": q.metrics | {"zoomed": hand.zoomed, "turned_degrees": 90 * turns, "bone_contrast": round(hand.contrast, 3) if np.isfinite(hand.contrast) else None}}
-            if not q.ok:
-                why = "; ".join(q.reasons) or "mask failed the quality checks"
-                if is_hand(q, hand.contrast, texture(rad.pixels, mask)):
-                    # A real hand is scored however it is framed; a poor outline is the reader's to check.
-                    where = "the model crops to it" if self.cfg.segment else "the model does not crop to it"
-                    warnings.append(f"hand mask failed quality checks ({why}); {where}, check the overlay")
-                elif not force or not mask.any():
+            structure = detail(rad.pixels, mask)
+            quality["metrics"]["detail"] = round(structure, 4)
+            why = "; ".join(q.reasons + (["no bone structure inside the outline"] if structure < MIN_DETAIL else [])) or "mask failed the quality checks"
+            if not is_hand(q, hand.contrast, texture(rad.pixels, mask), structure):
+                if not force or not mask.any():
                     raise SegmentationError(f"{name}: no plausible hand found ({why})")
-                else:
-                    warnings.append(f"segmentation failed quality checks ({why}); result forced, do not trust it")
+                warnings.append(f"segmentation failed quality checks ({why}); result forced, do not trust it")
+            elif not q.ok:
+                # A real hand is scored however it is framed; a poor outline is the reader's to check.
+                where = "the model crops to it" if self.cfg.segment else "the model does not crop to it"
+                warnings.append(f"hand mask failed quality checks ({why}); {where}, check the overlay")
         else:
             warnings.append("this model has no segmentation stage: nothing checked that the image shows a hand")
 

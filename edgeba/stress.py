@@ -378,6 +378,8 @@ def main(argv: list[str] | None = None) -> int:
     if a.from_rows is not None:
         ids = {r["id"] for r in read_rows(a.only_ids_of)} if a.only_ids_of else None
         rows = read_rows(a.from_rows, ids)
+        if a.transform:  # a matched comparison with a run of fewer transforms
+            rows = [r for r in rows if r["transform"] in a.transform]
         a.rows = None
     else:
         a.rows.mkdir(parents=True, exist_ok=True)

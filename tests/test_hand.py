@@ -63,7 +63,24 @@ def test_a_low_contrast_negative_is_kept_but_never_silently(predictor, tmp_path)
     assert not neg.inverted and any("could not confirm" in w for w in neg.warnings)
 
 
+def test_a_dark_hand_on_black_film_in_a_grey_frame_has_bone_detail(predictor):
+    # RSNA 3339: against the full grey range (film to frame) its bones looked smooth (hand.detail). (Its
+    # outline, leaking along the frame, is refused by the outline checks, as before: README's 7 refusals.)
+    from edgeba.hand import MIN_DETAIL, detail
+
+    hand = find_hand(rsna_image("3339"), predictor._segment)
+    assert detail(hand.pixels, hand.mask) > MIN_DETAIL
+
+
 @pytest.mark.parametrize("case_id", IDS)
+def test_an_upside_down_weak_contrast_hand_is_not_inverted(predictor, tmp_path, case_id):
+    # Upside down, the U-Net outlines the hand worse and the core-vs-rim contrast weakens: no reason to
+    # invert (and the quarter turns then find it upright).
+    pred = predictor.predict(_png(tmp_path / "rot.png", np.rot90(_grey(case_id), 2)), "male")
+    assert not pred.inverted
+
+
+@pytest.mark.parametrize("case_id", IDS + ("1378",))
 def test_a_hand_on_a_bright_plate_is_not_inverted(predictor, tmp_path, case_id):
     img = _grey(case_id)
     plate = stress.bright_plate(img, predictor._segment(img), np.random.default_rng(3))
@@ -112,6 +129,35 @@ def _non_hands() -> dict[str, np.ndarray]:
         "blank": np.full((h, w), 0.4, np.float32),
         "checkerboard": (np.indices((h, w)).sum(0) // 80 % 2).astype(np.float32),
         "foot_like": cv2.GaussianBlur(foot, (0, 0), 4) + 0.05 * rng.random((h, w)).astype(np.float32),
+        **_gradients(),
+    }
+
+
+def _gradients() -> dict[str, np.ndarray]:
+    """Smooth grey images with no hand. Each was scored (two with a mask passing QC) before the gate
+    asked for structure at a bone's scale inside the outline (hand.detail)."""
+    rng = np.random.default_rng(1)
+
+    def grid(h, w):
+        yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+        return xx / w, yy / h
+
+    def grain(g):
+        return np.clip(g + rng.normal(0, 0.03, g.shape), 0, 1).astype(np.float32)
+
+    u, v = grid(300, 400)
+    U, V = grid(2000, 1600)
+    W, Z = grid(800, 1200)
+    r = np.sqrt((U - 0.5) ** 2 + (V - 0.5) ** 2) / 0.7071
+    smooth = cv2.GaussianBlur(rng.random((800, 1200)).astype(np.float32), (0, 0), 100)
+    return {
+        "gradient_vertical_grain": grain(v),  # mask passed QC
+        "gradient_diagonal_grain": grain((u + v) / 2),  # mask passed QC
+        "gradient_diagonal_large": (U + V) / 2,
+        "vignette_grain": grain(np.clip(1 - r**2, 0, 1) * 0.8 + 0.1),
+        "sine": (0.5 + 0.3 * np.sin(2 * np.pi * U) * np.cos(np.pi * V)).astype(np.float32),
+        "smooth_2d": (smooth - smooth.min()) / (smooth.max() - smooth.min()),  # was "inverted" and scored
+        "off_centre_radial": 1 - np.clip(np.sqrt((W - 0.3) ** 2 + (Z - 0.7) ** 2), 0, 1).astype(np.float32),
     }
 
 
@@ -126,7 +172,7 @@ def test_images_without_a_hand_are_refused(predictor, tmp_path, name, negative):
 def test_a_uniform_shape_is_never_a_hand_whatever_its_outline():
     """A flat region (a drawn blob) is refused even when the U-Net outline passes hand_present; a real
     radiographed hand has grey-level spread inside its mask."""
-    from edgeba.hand import MIN_TEXTURE, is_hand, texture
+    from edgeba.hand import MIN_DETAIL, MIN_TEXTURE, detail, is_hand, texture
     from edgeba.quality import MaskQuality
 
     leaky = MaskQuality(False, {"area_frac": 0.3, "solidity": 0.7, "finger_gaps": 2, "border_sides": [], "components": 1},
@@ -134,8 +180,22 @@ def test_a_uniform_shape_is_never_a_hand_whatever_its_outline():
     blob = np.full((400, 300), 200 / 255, np.float32)
     mask = np.ones(blob.shape, np.uint8)
     assert texture(blob, mask) == 0.0
-    assert is_hand(leaky, 0.3, MIN_TEXTURE)  # the outline alone passes inside a region that is not flat
-    assert not is_hand(leaky, 0.3, texture(blob, mask))
+    assert is_hand(leaky, 0.3, MIN_TEXTURE, MIN_DETAIL)  # the outline alone passes inside a region that is not flat
+    assert not is_hand(leaky, 0.3, texture(blob, mask), detail(blob, mask))
     hand = rsna_image("1378")  # a real hand whose U-Net mask fails QC
     assert texture(hand, hand > 0.2) > MIN_TEXTURE
-    assert is_hand(MaskQuality(True, {}, []), 0.0, 0.0)  # a mask passing QC needs no more evidence
+    assert is_hand(MaskQuality(True, {}, []), 0.0, MIN_TEXTURE, MIN_DETAIL)  # a mask passing QC needs nothing else
+    assert not is_hand(MaskQuality(True, {}, []), 0.0, MIN_TEXTURE, 0.0)  # but structure inside it
+    assert detail(hand, hand > 0.2) > MIN_DETAIL
+
+
+def test_a_smooth_gradient_is_refused_by_every_backend(tmp_path):
+    """The gradients whose mask passed QC (TFLite) are refused through every installed backend."""
+    from edgeba.backends import BACKENDS, installed
+
+    assert installed() == list(BACKENDS)  # CI installs every extra: each backend is checked
+    for backend in installed():
+        predictor = Predictor(DEFAULT_DIR, backend, 1)
+        for name in ("gradient_vertical_grain", "gradient_diagonal_grain"):
+            with pytest.raises(EdgebaError, match="no plausible hand"):
+                predictor.predict(_png(tmp_path / f"{name}.png", _gradients()[name]), "female")

@@ -66,3 +66,28 @@ def test_quick_suite_runs_every_transform_and_reports_every_measure(tmp_path):
     assert set(result["checks"]) >= {"mae_within_1_month", "over_24_at_most_1pct", "wrong_inversions", "refusals_frac", "coverage_85_95", "pass"}
     rows = (tmp_path / "rows").glob("*.csv")
     assert len(list(rows)) == 1  # per-image rows go to their own (git-ignored) folder, not next to the summary
+
+
+def test_a_summary_of_earlier_rows_can_keep_only_some_transforms_and_images(tmp_path):
+    """`--from-rows A --only-ids-of B --transform ...`: the 'before' of a matched before/after comparison
+    with a run of fewer images and transforms (rows written here: no image involved)."""
+    import csv
+
+    def write(path, ids, names):
+        with open(path, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=stress.ROW_FIELDS, extrasaction="ignore")
+            w.writeheader()
+            for i in ids:
+                for n in names:
+                    w.writerow({"id": i, "transform": n, "status": "ok", "true": 100.0, "predicted": 110.0 if n == "inverted" else 101.0,
+                                "interval": "[90.0, 112.0]", "inverted": n == "bright_plate", "expected_inversion": n == "inverted"})
+
+    write(tmp_path / "before.csv", ["1", "2", "3"], ["clean", "inverted", "bright_plate", "rot90"])
+    write(tmp_path / "after.csv", ["1", "2"], ["clean", "inverted"])
+    assert stress.main(["--from-rows", str(tmp_path / "before.csv"), "--only-ids-of", str(tmp_path / "after.csv"),
+                        "--transform", "clean", "--transform", "bright_plate", "--out", str(tmp_path), "--tag", "t"]) == 0
+    (summary,) = tmp_path.glob("stress-*-t.json")
+    table = json.loads(summary.read_text())["transforms"]
+    assert list(table) == ["clean", "bright_plate"]
+    assert table["clean"] == table["clean"] | {"n": 2, "mae": 1.0, "wrong_inversion": 0}
+    assert table["bright_plate"]["wrong_inversion"] == 2
