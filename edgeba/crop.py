@@ -105,8 +105,15 @@ def upright_angle(mask: np.ndarray, work_side: int = 256) -> float:
     return float((angle + 180.0) % 360.0 - 180.0)
 
 
+def _work_dtype(pixels: np.ndarray):
+    """float64 stays float64 (edgeba.preprocess resamples there so rounding is platform-stable); else float32."""
+    return np.float64 if pixels.dtype == np.float64 else np.float32
+
+
 def canonical_crop(pixels: np.ndarray, mask: np.ndarray, size: int, margin: float = 0.04) -> tuple[np.ndarray, CropInfo]:
-    """Masked, upright, tightly cropped hand letterboxed to size x size (float32, background 0)."""
+    """Masked, upright, tightly cropped hand letterboxed to size x size (float32, or float64 for a float64
+    image; background 0)."""
+    dtype = _work_dtype(pixels)
     scale = min(1.0, MAX_WORK_SIDE / max(pixels.shape))
     if scale < 1.0:
         wh = (round(pixels.shape[1] * scale), round(pixels.shape[0] * scale))
@@ -118,15 +125,15 @@ def canonical_crop(pixels: np.ndarray, mask: np.ndarray, size: int, margin: floa
         raise ValueError("empty mask")
     center = (m["m10"] / m["m00"], m["m01"] / m["m00"])
     angle, flipped, mat, out_wh, rmask = _upright(mask, center)
-    rimg = _rotate(pixels.astype(np.float32), mat, out_wh, cv2.INTER_LINEAR) * rmask
+    rimg = _rotate(pixels.astype(dtype, copy=False), mat, out_wh, cv2.INTER_LINEAR) * rmask
     x, y, w, h = cv2.boundingRect(rmask)
     pad = int(round(margin * max(w, h)))
     x0, y0 = max(0, x - pad), max(0, y - pad)
     x1, y1 = min(rimg.shape[1], x + w + pad), min(rimg.shape[0], y + h + pad)
     crop, _, _, _ = letterbox(rimg[y0:y1, x0:x1], size)
-    return crop.astype(np.float32), CropInfo(angle, flipped, (x0, y0, x1 - x0, y1 - y0), mat, scale)
+    return crop.astype(dtype, copy=False), CropInfo(angle, flipped, (x0, y0, x1 - x0, y1 - y0), mat, scale)
 
 
 def plain_resize(pixels: np.ndarray, size: int) -> np.ndarray:
     """The no-segmentation ablation: the whole image letterboxed, nothing masked or rotated."""
-    return letterbox(pixels.astype(np.float32), size)[0]
+    return letterbox(pixels.astype(_work_dtype(pixels), copy=False), size)[0]

@@ -39,13 +39,22 @@ def crop_stage(pixels: np.ndarray, mask: np.ndarray | None, cfg: PreprocessConfi
     The result is rounded to 8-bit levels because the training cache stores crops as uint8: the
     sharpening kernel amplifies even sub-1/255 differences, and training and inference must see
     bit-identical inputs.
+
+    The resampling runs in float64 so that the rounding is the same on every CPU. Area averages of
+    8-bit pixels land within 1e-4 levels of a half level on 5-220 pixels per image (first 20 val
+    images); float32 resampling is off by up to 4e-5 levels, and x86 and ARM builds of OpenCV sum
+    in different orders, so levels flipped between machines (benchmarks/README.md, "Same months on
+    aarch64?"). In float64 the summation error is about 1e-13 levels, while the closest of those
+    pixels to a half level is 9e-8 away (OpenCV's float32 weights and the float32 pixels keep exact
+    ties away).
     """
+    px = pixels.astype(np.float64)
     if cfg.segment:
         if mask is None:
             raise ValueError("this model expects a segmented hand: a mask is required")
-        crop = canonical_crop(pixels, mask, cfg.input_size, cfg.margin)[0]
+        crop = canonical_crop(px, mask, cfg.input_size, cfg.margin)[0]
     else:
-        crop = plain_resize(pixels, cfg.input_size)
+        crop = plain_resize(px, cfg.input_size)
     return (np.round(np.clip(crop, 0.0, 1.0) * 255.0) / 255.0).astype(np.float32)
 
 

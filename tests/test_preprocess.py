@@ -61,3 +61,18 @@ def test_crop_is_on_8bit_levels_like_the_training_cache(radiograph):
     assert np.array_equal(crop, np.round(crop * 255) / 255)
     cached = np.round(crop * 255).astype(np.uint8).astype(np.float32) / 255.0
     assert np.array_equal(enhance_stage(cached, PreprocessConfig()), enhance_stage(crop, PreprocessConfig()))
+
+
+def test_crop_levels_do_not_depend_on_the_resampling_order():
+    """x86 and ARM builds of OpenCV sum an area average in different orders; where the average of 8-bit
+    pixels is a half level, a float32 sum then rounds to different levels on the two machines (the
+    aarch64 parity check failed that way). Here an independent summation order stands in for the other
+    machine: 2x2 block means of an 8-bit image, half of them exact half levels, must round the same."""
+    rng = np.random.default_rng(0)
+    codes = rng.integers(0, 256, (512, 512))
+    pixels = (codes.astype(np.float32) / 255).astype(np.float32)  # as edgeba.io loads an 8-bit file
+    crop = crop_stage(pixels, None, PreprocessConfig(segment=False))
+    other_order = pixels.astype(np.float64).reshape(256, 2, 256, 2).transpose(0, 2, 1, 3).reshape(256, 256, 4)
+    other_order = (other_order[..., 3] + other_order[..., 1] + other_order[..., 2] + other_order[..., 0]) / 4
+    assert (codes.reshape(256, 2, 256, 2).sum(axis=(1, 3)) % 4 == 2).mean() > 0.2  # many exact ties
+    assert np.array_equal(np.round(crop * 255), np.round(np.clip(other_order, 0, 1) * 255))
