@@ -20,6 +20,12 @@ from edgeba.hand import Hand, find_hand
 from edgeba.quality import hand_present
 
 MAX_TILT = 45.0  # degrees from fingers-up that still count as upright
+# A turn also needs the turned outline to show bone at least a little brighter than soft tissue
+# (polarity.hand_contrast). On a bright plate or a collimated field the U-Net outlines an upright hand
+# poorly and a sideways copy could out-rank it with an outline of nothing in particular (val stress, 60
+# images: 3 upright hands turned, contrast of the winner -0.02 to +0.06; one 204-month hand estimated 36).
+# The largest bar that keeps the train/tune turn study (90 radiographs x 4 turns) 360 of 360 right.
+MIN_TURN_CONTRAST = 0.03
 
 
 def upright(hand: Hand) -> bool:
@@ -45,6 +51,10 @@ def _settled(hand: Hand, upside_down: Hand) -> bool:
     return q.ok and upright(hand) and q.metrics.get("finger_gaps", 0) >= 5 and _rank(hand) >= _rank(upside_down)
 
 
+def _turnable(hand: Hand) -> bool:
+    return upright(hand) and hand.contrast > MIN_TURN_CONTRAST  # NaN (no bone found): never
+
+
 def _turn(pixels: np.ndarray, k: int) -> np.ndarray:
     return np.ascontiguousarray(np.rot90(pixels, k))
 
@@ -67,10 +77,10 @@ def find_upright_hand(pixels: np.ndarray, segment: Callable[[np.ndarray], np.nda
             hands[k] = find_hand(_turn(first.pixels, k), segment, True)
         # Only to an upright outline, and only when strictly better (ties keep the image as stored): a
         # non-hand segmented four ways must not get four chances to pass as one (tests/test_hand.py).
-        if upright(hands[k]) and _rank(hands[k]) > _rank(hands[turns]):
+        if _turnable(hands[k]) and _rank(hands[k]) > _rank(hands[turns]):
             turns = k
     if turns == 0:
         return first, 0
     hand = find_hand(_turn(pixels, turns), segment, polarity_known)
     # The polarity pass may outline something else; a turn needs an upright hand in the end too.
-    return (hand, turns) if upright(hand) else (first, 0)
+    return (hand, turns) if _turnable(hand) else (first, 0)

@@ -152,6 +152,10 @@ def work_accuracy(spec: dict) -> dict:
 
 
 def iou(a: np.ndarray, b: np.ndarray) -> float:
+    if a.shape != b.shape:  # a re-framed image (edgeba/reframe.py) whose frame differs by a pixel or two
+        import cv2
+
+        b = cv2.resize(b.astype(np.uint8), (a.shape[1], a.shape[0]), interpolation=cv2.INTER_NEAREST)
     union = np.count_nonzero(a | b)
     return 1.0 if union == 0 else float(np.count_nonzero(a & b) / union)
 
