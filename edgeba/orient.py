@@ -41,18 +41,18 @@ def _rank(hand: Hand) -> tuple:
     return (upright(hand), q.ok, hand_present(q), min(q.metrics.get("finger_gaps", 0), 5), float(hand.mask.mean()))
 
 
-def _settled(hand: Hand, upside_down: Hand) -> bool:
-    """No search needed: QC passes, the hand points up, its outline has at least five deep concavities
-    (finger gaps, thumb web), and the image turned upside down shows it no better. The last check is
-    why every image costs a second U-Net pass on every image: on a hand turned 180 degrees the U-Net can
-    miss fingers, and the fingers-up test then reads the partial outline as upright (tune, 40
-    radiographs x 4 turns: 2 upside-down copies settled wrongly without it, none with it)."""
+def _settled(hand: Hand, rank: tuple, upside_down: tuple) -> bool:
+    """No search needed: QC passes, the hand points up (rank[0]), its outline has at least five deep
+    concavities (finger gaps, thumb web), and the image turned upside down shows it no better. The last
+    check is why every image costs a second U-Net pass: on a hand turned 180 degrees the U-Net can miss
+    fingers, and the fingers-up test then reads the partial outline as upright (tune, 40 radiographs x
+    4 turns: 2 upside-down copies settled wrongly without it, none with it)."""
     q = hand.quality
-    return q.ok and upright(hand) and q.metrics.get("finger_gaps", 0) >= 5 and _rank(hand) >= _rank(upside_down)
+    return q.ok and rank[0] and q.metrics.get("finger_gaps", 0) >= 5 and rank >= upside_down
 
 
-def _turnable(hand: Hand) -> bool:
-    return upright(hand) and hand.contrast > MIN_TURN_CONTRAST  # NaN (no bone found): never
+def _turnable(hand: Hand, is_upright: bool) -> bool:
+    return is_upright and hand.contrast > MIN_TURN_CONTRAST  # NaN (no bone found): never
 
 
 def _turn(pixels: np.ndarray, k: int) -> np.ndarray:
@@ -69,18 +69,20 @@ def find_upright_hand(pixels: np.ndarray, segment: Callable[[np.ndarray], np.nda
     that its polarity is decided from its own, upright outline."""
     first = find_hand(pixels, segment, polarity_known)
     hands = {0: first, 2: find_hand(_turn(first.pixels, 2), segment, True)}
-    if _settled(first, hands[2]):
+    ranks = {k: _rank(h) for k, h in hands.items()}  # each outline judged once (upright_angle is not free)
+    if _settled(first, ranks[0], ranks[2]):
         return first, 0
     turns = 0
     for k in (1, 2, 3):
         if k not in hands:
             hands[k] = find_hand(_turn(first.pixels, k), segment, True)
+            ranks[k] = _rank(hands[k])
         # Only to an upright outline, and only when strictly better (ties keep the image as stored): a
         # non-hand segmented four ways must not get four chances to pass as one (tests/test_hand.py).
-        if _turnable(hands[k]) and _rank(hands[k]) > _rank(hands[turns]):
+        if _turnable(hands[k], ranks[k][0]) and ranks[k] > ranks[turns]:
             turns = k
     if turns == 0:
         return first, 0
     hand = find_hand(_turn(pixels, turns), segment, polarity_known)
     # The polarity pass may outline something else; a turn needs an upright hand in the end too.
-    return (hand, turns) if _turnable(hand) else (first, 0)
+    return (hand, turns) if _turnable(hand, upright(hand)) else (first, 0)

@@ -25,27 +25,21 @@ def _stretch(x: np.ndarray) -> np.ndarray:
     return np.clip((x - lo) / max(hi - lo, 1e-6), 0, 1)
 
 
-def _depth(pixels: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The image shrunk to WORK_SIDE and stretched to 1-99 %, and each mask pixel's depth relative to the
-    local thickness (distance to the mask's edge / its maximum nearby: 1 on a finger's centre line)."""
-    h, w = pixels.shape
-    s = min(1.0, WORK_SIDE / max(h, w))
-    size = (max(1, round(w * s)), max(1, round(h * s)))
-    img = _stretch(cv2.resize(pixels.astype(np.float32), size, interpolation=cv2.INTER_AREA)).astype(np.float32)
-    m = cv2.resize(mask.astype(np.uint8), size, interpolation=cv2.INTER_NEAREST)
-    d = cv2.distanceTransform(m, cv2.DIST_L2, 5)
-    k = max(2, round(WINDOW * max(size)))
-    local = cv2.dilate(d, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * k + 1, 2 * k + 1)))
-    return img, np.where(local >= 2.0, d / np.maximum(local, 1e-6), 0.0)
-
-
 def hand_contrast(pixels: np.ndarray, mask: np.ndarray) -> float:
     """Median grey along the centre lines of the hand's fingers, palm and forearm minus that of their
     flanks (image stretched to 1-99 %): > 0 when bone is bright. NaN when the mask has no such parts.
 
-    Depth is relative to the local thickness, so a mask that overshoots the skin a little still puts
-    the flanks on soft tissue, not on the background."""
-    img, r = _depth(pixels, mask)
+    Depth is relative to the local thickness (distance to the mask's edge / its maximum nearby), so a
+    mask that overshoots the skin a little still puts the flanks on soft tissue, not on the background."""
+    h, w = pixels.shape
+    s = min(1.0, WORK_SIDE / max(h, w))
+    size = (max(1, round(w * s)), max(1, round(h * s)))
+    img = _stretch(cv2.resize(pixels.astype(np.float32), size, interpolation=cv2.INTER_AREA))
+    m = cv2.resize(mask.astype(np.uint8), size, interpolation=cv2.INTER_NEAREST)
+    d = cv2.distanceTransform(m, cv2.DIST_L2, 5)
+    k = max(2, round(WINDOW * max(size)))
+    local = cv2.dilate(d, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * k + 1, 2 * k + 1)))
+    r = np.where(local >= 2.0, d / np.maximum(local, 1e-6), 0.0)
     centre, flank = r >= CENTRE, (r > FLANK[0]) & (r <= FLANK[1])
     if centre.sum() < 20 or flank.sum() < 20:
         return float("nan")

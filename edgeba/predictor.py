@@ -20,8 +20,8 @@ from edgeba.hand import MIN_DETAIL, detail, is_hand, texture
 from edgeba.io import Radiograph, load_image
 from edgeba.manifest import load_manifest
 from edgeba.orient import find_upright_hand
-from edgeba.reframe import reframe
 from edgeba.preprocess import PreprocessConfig, regressor_input, regressor_inputs_tta
+from edgeba.reframe import reframe
 from edgeba.segment import mask_from_prob, unet_input
 
 SEXES = ("male", "female")
