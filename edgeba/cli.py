@@ -180,7 +180,7 @@ def predict(
         from edgeba import overlay as qc
 
         label = f"{pred.bone_age_months:.0f} months" + ("" if not pred.warnings else " (see warnings)")
-        qc.write(overlay, qc.draw(pred.radiograph.pixels, pred.mask, predictor.cfg.margin, label, predictor.cfg.segment))
+        qc.write(overlay, qc.draw(pred.radiograph.pixels, pred.mask, predictor.crop_margin, label, predictor.crops))
     if as_json:
         j = pred.to_json()
         j["formats"] = predictor.formats

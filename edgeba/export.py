@@ -99,14 +99,19 @@ def sha256(path: str | os.PathLike) -> str:
 def input_specs(model) -> list[tuple[str, tuple[int, ...]]]:
     """Contract names and batch-1 shapes of a Keras model's inputs, in the model's input order.
 
-    The image is the 4-D input, the sex the 2-D one, whatever the builder named its layers.
+    The image is the 4-D input, the sex the 2-D one, whatever the builder named its layers; a model
+    with several images (an ensemble over differently preprocessed inputs) keeps its inputs' names,
+    which the manifest's preprocessing uses (Manifest.input_preprocess).
     """
+    images = sum(len(t.shape) == 4 for t in model.inputs)
     specs = []
     for t in model.inputs:
         shape = tuple(int(d) for d in t.shape[1:])
-        specs.append(("image" if len(shape) == 3 else "sex", (1, *shape)))
-    if sorted(n for n, _ in specs) not in (["image"], ["image", "sex"]):
-        raise ValueError(f"unexpected model inputs {[tuple(t.shape) for t in model.inputs]}")
+        name = ("image" if images == 1 else t.name.split(":")[0]) if len(shape) == 3 else "sex"
+        specs.append((name, (1, *shape)))
+    names = [n for n, _ in specs]
+    if "image" not in names or len(set(names)) != len(names) or names.count("sex") > 1:
+        raise ValueError(f"unexpected model inputs {[(t.name, tuple(t.shape)) for t in model.inputs]}")
     return specs
 
 
@@ -144,25 +149,43 @@ def make_runner(fmt: str, path: str | os.PathLike, threads: int = 1) -> Callable
 # -------------------------------------------------------------------------------------- writers
 
 
-def _tflite_ops(content: bytes) -> list[dict]:
+def _tflite_ops(content: bytes) -> tuple[list[dict], list[int]]:
+    """(ops in execution order with input/output tensor indices and output names, image input indices)."""
     from ai_edge_litert.interpreter import Interpreter
 
     it = Interpreter(model_content=content)
     tensors = {t["index"]: t["name"] for t in it.get_tensor_details()}
-    return [{"op": o["op_name"], "outputs": [tensors[i] for i in o["outputs"]], "inputs": list(o["inputs"])} for o in it._get_ops_details()]
+    ops = [{"op": o["op_name"], "names": [tensors[i] for i in o["outputs"]], "outputs": list(o["outputs"]), "inputs": list(o["inputs"])}
+           for o in it._get_ops_details()]
+    return ops, [d["index"] for d in it.get_input_details() if len(d["shape"]) == 4]
+
+
+def first_compute(ops: list, inputs: Iterable, compute: Callable, ins: Callable, outs: Callable) -> list:
+    """The first compute op on each path from the image inputs (ops in execution order): what
+    QuantOptions.keep_float "input" leaves float; one per image input, or per member reading it."""
+    reached, first = set(inputs), []
+    for op in ops:
+        if not reached & set(ins(op)):
+            continue
+        if compute(op):
+            first.append(op)
+        else:
+            reached |= set(outs(op))
+    return first
 
 
 def _tflite_float_nodes(fp32: bytes, keep: Iterable[str]) -> list[str]:
     """Output tensor names (the debugger's node names) of the ops to leave in float."""
-    ops = [o for o in _tflite_ops(fp32) if o["op"] in ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "TRANSPOSE_CONV", "CONCATENATION")]
-    compute = [o for o in ops if o["op"] != "CONCATENATION"]
+    every, images = _tflite_ops(fp32)
+    kinds = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "TRANSPOSE_CONV")
+    compute = [o for o in every if o["op"] in kinds]
     nodes = []
     if "input" in keep:
-        nodes += compute[0]["outputs"]
+        nodes += [t for o in first_compute(every, images, lambda o: o["op"] in kinds, lambda o: o["inputs"], lambda o: o["outputs"]) for t in o["names"]]
     if "output" in keep:
-        nodes += compute[-1]["outputs"]
+        nodes += compute[-1]["names"]
     if "concat" in keep:
-        nodes += [t for o in ops if o["op"] == "CONCATENATION" for t in o["outputs"]]
+        nodes += [t for o in every if o["op"] == "CONCATENATION" for t in o["names"]]
     return nodes
 
 
@@ -211,10 +234,12 @@ def _onnx_float_nodes(path: Path, keep: Iterable[str]) -> list[str]:
     import onnx
 
     g = onnx.load(str(path)).graph
-    compute = [n for n in g.node if n.op_type in ("Conv", "ConvTranspose", "MatMul", "Gemm")]
+    kinds = ("Conv", "ConvTranspose", "MatMul", "Gemm")
+    compute = [n for n in g.node if n.op_type in kinds]
     nodes = []
     if "input" in keep:
-        nodes.append(compute[0].name)
+        images = [i.name for i in g.input if len(i.type.tensor_type.shape.dim) == 4]
+        nodes += [n.name for n in first_compute(g.node, images, lambda n: n.op_type in kinds, lambda n: n.input, lambda n: n.output)]
     if "output" in keep:
         # The last compute node and everything after it (its bias Add, activation).
         last = list(g.node).index(compute[-1])
@@ -254,10 +279,15 @@ def write_openvino(onnx_fp32: Path, out: Path) -> None:
 
 
 def _ov_float_nodes(model, keep: Iterable[str]) -> tuple[list[str], list[str]]:
-    compute = [o for o in model.get_ordered_ops() if o.get_type_name() in ("Convolution", "ConvolutionBackpropData", "MatMul", "GroupConvolution")]
+    kinds = ("Convolution", "ConvolutionBackpropData", "MatMul", "GroupConvolution")
+    ops = model.get_ordered_ops()
+    compute = [o for o in ops if o.get_type_name() in kinds]
     names = []
     if "input" in keep:
-        names.append(compute[0].get_friendly_name())
+        images = [p.get_friendly_name() for p in model.get_parameters() if len(p.get_partial_shape()) == 4]
+        names += [o.get_friendly_name() for o in first_compute(
+            ops, images, lambda o: o.get_type_name() in kinds,
+            lambda o: [v.get_node().get_friendly_name() for v in o.input_values()], lambda o: [o.get_friendly_name()])]
     if "output" in keep:
         names.append(compute[-1].get_friendly_name())
     return names, ["Concat"] if "concat" in keep else []
@@ -373,31 +403,34 @@ def calibration_cases(seed: int = CALIB_SEED):
     return [train[i] for i in np.random.default_rng(seed).permutation(len(train))]
 
 
-def calibration_feeds(unet, cfg, sex_input: bool, n: int = N_CALIB) -> tuple[list[dict], list[dict], dict]:
+def calibration_feeds(unet, inputs: dict, sex_input: bool, n: int = N_CALIB) -> tuple[list[dict], list[dict], dict]:
     """(U-Net feeds, regressor feeds, description) of n training images, exactly as `edgeba predict` makes them.
 
-    The regressor inputs use the float U-Net's own mask (the runtime's path; no mask cache needed).
-    Images whose mask fails the QC are skipped, as the runtime refuses them.
+    `inputs`: {input name: PreprocessConfig} (Manifest.input_preprocess). The regressor inputs use the
+    float U-Net's own mask (the runtime's path; no mask cache needed). When an input crops to the hand,
+    images whose mask fails the QC are skipped, as the runtime refuses them.
     """
     from edgeba.io import load_image
-    from edgeba.preprocess import regressor_input
+    from edgeba.preprocess import regressor_feeds
     from edgeba.quality import mask_quality
     from edgeba.segment import mask_from_prob, unet_input
 
+    unet_size = inputs["image"].unet_size
+    crops = any(c.segment for c in inputs.values())
     seg, reg, used, skipped = [], [], [], 0
     for c in calibration_cases():
         if len(reg) == n:
             break
         pixels = load_image(c.image_path).pixels
-        x, box = unet_input(pixels, cfg.unet_size)
+        x, box = unet_input(pixels, unet_size)
         seg.append({"image": x[None, :, :, None]})  # the U-Net sees every image, passing QC or not
         mask = None
-        if cfg.segment:
+        if crops:
             mask = mask_from_prob(np.asarray(unet(seg[-1]["image"], training=False)), box, pixels.shape)
             if not mask_quality(mask).ok:
                 skipped += 1
                 continue
-        r = {"image": regressor_input(pixels, mask, cfg)[None, :, :, None]}
+        r = regressor_feeds(pixels, mask, inputs)[0]
         if sex_input:
             r["sex"] = np.array([[float(c.male)]], np.float32)
         reg.append(r)
@@ -408,12 +441,12 @@ def calibration_feeds(unet, cfg, sex_input: bool, n: int = N_CALIB) -> tuple[lis
         "split": "train",
         "n_images": len(used),  # regressor calibration images
         "selection": f"split_cases('train') in numpy default_rng({CALIB_SEED}).permutation order, the first {n}"
-        + (" whose float U-Net mask passes the QC" if cfg.segment else ""),
+        + (" whose float U-Net mask passes the QC" if crops else ""),
         "n_segment_images": len(seg),
         "n_skipped_mask_qc": skipped,
         "ids_sha256": hashlib.sha256(",".join(c.id for c in used).encode()).hexdigest(),
-        "inputs": "segment.unet_input; preprocess.regressor_input "
-        + ("with the float U-Net's mask (segment.mask_from_prob)" if cfg.segment else "of the whole image (preprocess.segment is false: no crop)"),
+        "inputs": "segment.unet_input; preprocess.regressor_feeds "
+        + ("with the float U-Net's mask (segment.mask_from_prob)" if crops else "of the whole image (preprocess.segment is false: no crop)"),
         "n_male": int(sum(c.male for c in used)),
         "age_months_range": [float(min(c.boneage_months for c in used)), float(max(c.boneage_months for c in used))],
     }
@@ -462,14 +495,19 @@ def main(unet: str | os.PathLike, regressor: str | os.PathLike, out: str | os.Pa
     u = keras.models.load_model(unet, compile=False)
     unet_size = int(u.inputs[0].shape[1])
     r = keras.models.load_model(regressor, compile=False)
-    sex_input = len(r.inputs) == 2
     reg_specs = {n: list(shape) for n, shape in input_specs(r)}
+    sex_input = "sex" in reg_specs
     from edgeba.preprocess import PreprocessConfig
 
-    cfg = PreprocessConfig.from_dict({**run["preprocess"], "unet_size": unet_size})
-    if int(r.inputs[0].shape[1]) != cfg.input_size:
-        raise ValueError(f"regressor input {tuple(r.inputs[0].shape)} does not match preprocess input_size {cfg.input_size}")
-    seg_calib, reg_calib, calib_desc = calibration_feeds(u, cfg, sex_input, n_calib)
+    inputs = {k: PreprocessConfig.from_dict({**v, "unet_size": unet_size})
+              for k, v in {"image": run["preprocess"], **run.get("extra_inputs", {})}.items()}
+    cfg = inputs["image"]
+    if set(inputs) != set(reg_specs) - {"sex"}:
+        raise ValueError(f"regressor image inputs {sorted(set(reg_specs) - {'sex'})} differ from the run's preprocessed inputs {sorted(inputs)}")
+    for k, c in inputs.items():
+        if reg_specs[k][1] != c.input_size:
+            raise ValueError(f"regressor input {k!r} {tuple(reg_specs[k])} does not match preprocess input_size {c.input_size}")
+    seg_calib, reg_calib, calib_desc = calibration_feeds(u, inputs, sex_input, n_calib)
     del u, r
     stages = {
         "segment": export_stage(unet, SEGMENT, out, seg_calib, formats, quant["segment"], verify=seg_calib[:4]),
@@ -479,6 +517,7 @@ def main(unet: str | os.PathLike, regressor: str | os.PathLike, out: str | os.Pa
         "name": name,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "preprocess": cfg.to_dict(),
+        **({"extra_inputs": {k: c.to_dict() for k, c in inputs.items() if k != "image"}} if len(inputs) > 1 else {}),
         "target": {"mean": float(run["target"]["mean"]), "std": float(run["target"]["std"])},
         "sex_input": sex_input,
         "tta": bool(tta),  # the runtime averages preprocess.TTA_VIEWS
@@ -522,12 +561,13 @@ def _diff_stats(pred: np.ndarray, ref: np.ndarray, truth: np.ndarray) -> dict:
     }
 
 
-def _accepted(mask: np.ndarray, cfg) -> bool:
-    """Whether `edgeba predict` goes on with this mask (Predictor.predict's gate, without --force)."""
+def _accepted(mask: np.ndarray, crops: bool) -> bool:
+    """Whether this chain goes on with this mask: a model that crops needs a QC-passing one, a whole-image
+    model a present hand (the gate parity has always used; Predictor.predict scores more, with warnings)."""
     from edgeba.quality import hand_present, mask_quality
 
     q = mask_quality(mask)
-    return bool(q.ok or (not cfg.segment and hand_present(q)))
+    return bool(q.ok or (not crops and hand_present(q)))
 
 
 def parity(model_dir: str | os.PathLike, split: str = "val", limit: int | None = None, threads: int = 1,
@@ -547,11 +587,13 @@ def parity(model_dir: str | os.PathLike, split: str = "val", limit: int | None =
     from edgeba.dataset import split_cases
     from edgeba.io import load_image
     from edgeba.manifest import load_manifest as load_model_manifest
-    from edgeba.preprocess import PreprocessConfig, regressor_input, regressor_inputs_tta
+    from edgeba.preprocess import PreprocessConfig, regressor_feeds
     from edgeba.segment import mask_from_prob, unet_input
 
     m = load_model_manifest(model_dir)
     cfg = PreprocessConfig.from_dict(m.preprocess)
+    inputs = {k: PreprocessConfig.from_dict(v) for k, v in m.input_preprocess.items()}
+    crops = any(c.segment for c in inputs.values())
     tta = bool(m.data.get("tta", False))
     stages = ("segment", "regress") if m.segments else ("regress",)
     wanted = set(formats or FORMATS) | {"keras"}
@@ -584,12 +626,11 @@ def parity(model_dir: str | os.PathLike, split: str = "val", limit: int | None =
             for fmt, r in runners["segment"].items():
                 masks[fmt] = mask_from_prob(r({"image": x[None, :, :, None]}), box, pixels.shape)
                 iou[fmt].append(_iou(masks[fmt], masks["keras"]))
-                gate[fmt].append(_accepted(masks[fmt], cfg))
+                gate[fmt].append(_accepted(masks[fmt], crops))
         sex = {"sex": np.array([[float(c.male)]], np.float32)} if m.sex_input else {}
 
         def months(fmt: str, mask) -> list[float]:
-            views = regressor_inputs_tta(pixels, mask, cfg) if tta else regressor_input(pixels, mask, cfg)[None]
-            return [regress.months(runners["regress"][fmt]({"image": v[None, :, :, None]} | sex), m.target) for v in views]
+            return [regress.months(runners["regress"][fmt](v | sex), m.target) for v in regressor_feeds(pixels, mask, inputs, tta)]
 
         for fmt in reg:
             reg[fmt].append(months(fmt, masks.get("keras")))
@@ -597,7 +638,7 @@ def parity(model_dir: str | os.PathLike, split: str = "val", limit: int | None =
             fseg = pick.get("segment")
             if fseg and not (gate[fseg][-1] and gate["keras"][-1]):
                 e2e[fam].append(None)
-            elif cfg.segment:
+            elif crops:
                 e2e[fam].append(float(np.mean(months(pick["regress"], masks[fseg]))))
             else:  # the regressor does not crop: same input as the regress stage
                 e2e[fam].append(float(np.mean(reg[pick["regress"]][-1])))

@@ -49,6 +49,7 @@ def _model(model_dir: str | Path | None) -> dict:
         "name": m.name,
         "created": m.data.get("created"),
         "preprocess": m.preprocess,
+        **({"extra_inputs": m.data["extra_inputs"]} if m.data.get("extra_inputs") else {}),
         "target": m.data.get("target"),
         "sex_input": m.sex_input,
         "formats": formats,

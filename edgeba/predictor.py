@@ -20,7 +20,7 @@ from edgeba.hand import MIN_DETAIL, detail, is_hand, texture
 from edgeba.io import Radiograph, load_image
 from edgeba.manifest import load_manifest
 from edgeba.orient import find_upright_hand
-from edgeba.preprocess import PreprocessConfig, regressor_input, regressor_inputs_tta
+from edgeba.preprocess import PreprocessConfig, regressor_feeds
 from edgeba.reframe import reframe
 from edgeba.segment import mask_from_prob, unet_input
 
@@ -83,7 +83,10 @@ class Predictor:
         self.manifest = load_manifest(model_dir)
         self.backend = choose(self.manifest, backend, images)
         self.threads = threads or default_threads()
-        self.cfg = PreprocessConfig.from_dict(self.manifest.preprocess)
+        self.cfg = PreprocessConfig.from_dict(self.manifest.preprocess)  # the `image` input's; its unet_size is the U-Net's
+        self.inputs = {k: PreprocessConfig.from_dict(v) for k, v in self.manifest.input_preprocess.items()}
+        self.crops = any(c.segment for c in self.inputs.values())  # some input is the U-Net's hand crop
+        self.crop_margin = next((c.margin for c in self.inputs.values() if c.segment), self.cfg.margin)  # for the overlay
         self.target = self.manifest.target
         # Test-time augmentation: the mean over the fixed views of edgeba.preprocess.TTA_VIEWS, when the
         # manifest says so (the model was validated with it) or the caller asks (`--precise`: 5x the
@@ -148,7 +151,7 @@ class Predictor:
                 warnings.append(f"segmentation failed quality checks ({why}); result forced, do not trust it")
             elif not q.ok:
                 # A real hand is scored however it is framed; a poor outline is the reader's to check.
-                where = "the model crops to it" if self.cfg.segment else "the model does not crop to it"
+                where = "the model crops to it" if self.crops else "the model does not crop to it"
                 warnings.append(f"hand mask failed quality checks ({why}); {where}, check the overlay")
         else:
             warnings.append("this model has no segmentation stage: nothing checked that the image shows a hand")
@@ -160,12 +163,12 @@ class Predictor:
             rad.pixels, mask = r.pixels, r.mask
             quality["metrics"]["reframed"] = True
             warnings.append(f"{r.why}: estimated on the hand turned upright and framed like a typical radiograph")
-        views = regressor_inputs_tta(rad.pixels, mask, self.cfg) if self.tta else regressor_input(rad.pixels, mask, self.cfg)[None]
+        views = regressor_feeds(rad.pixels, mask, self.inputs, self.tta)
         timings["preprocess"] = _ms(t0)
 
         t0 = time.perf_counter()
         sex_feed = {"sex": np.array([[1.0 if used_sex == "male" else 0.0]], np.float32)} if self.manifest.sex_input else {}
-        view_months = [regress.months(self.regressor.run({"image": x[None, :, :, None]} | sex_feed), self.target) for x in views]
+        view_months = [regress.months(self.regressor.run(feeds | sex_feed), self.target) for feeds in views]
         age = float(np.mean(view_months))
         timings["regress"] = _ms(t0)
         timings["total"] = _ms(t_all)

@@ -1,8 +1,10 @@
 """The one preprocessing chain from (image, mask) to the regressor input.
 
-Training, export calibration and every runtime backend call `regressor_input`; the parameters
-travel in each model's manifest (`PreprocessConfig.to_dict`) so a model cannot be fed differently
-from how it was trained.
+Training, export calibration and every runtime backend call `regressor_input` (through
+`regressor_feeds` at runtime); the parameters travel in each model's manifest (`PreprocessConfig.to_dict`)
+so a model cannot be fed differently from how it was trained. A regressor may take several images,
+each preprocessed its own way (an ensemble of a whole-radiograph and a hand-crop network): the
+manifest names them (`Manifest.input_preprocess`), the first is always `image`.
 """
 
 from __future__ import annotations
@@ -92,3 +94,15 @@ def regressor_inputs_tta(pixels: np.ndarray, mask: np.ndarray | None, cfg: Prepr
     """float32 (len(TTA_VIEWS), S, S): the regressor input under each TTA view (first = plain)."""
     crop = crop_stage(pixels, mask, cfg)
     return np.stack([enhance_stage(tta_view(crop, *v), cfg) for v in TTA_VIEWS]).astype(np.float32)
+
+
+def regressor_feeds(pixels: np.ndarray, mask: np.ndarray | None, inputs: dict[str, PreprocessConfig],
+                    tta: bool = False) -> list[dict[str, np.ndarray]]:
+    """The regressor's image feeds, one dict per view ({input name: float32 (1, S, S, 1)}): the plain
+    view, or with `tta` every view of TTA_VIEWS, each input under the same view."""
+    per_input = {
+        name: regressor_inputs_tta(pixels, mask, cfg) if tta else regressor_input(pixels, mask, cfg)[None]
+        for name, cfg in inputs.items()
+    }
+    n = len(next(iter(per_input.values())))
+    return [{name: v[k][None, :, :, None] for name, v in per_input.items()} for k in range(n)]

@@ -96,9 +96,28 @@ def describe_regressor(reg_run: Path, rm: dict) -> str:
     conf = json.loads((reg_run / "config.json").read_text())
     kind = {"average-weights": f"the weight average of {len(conf.get('members', []))} runs fine-tuned from one start (one network)",
             "ensemble": f"an ensemble of {len(conf.get('members', []))} networks in one graph (their mean)"}.get(conf.get("combine"), "one trained run")
+    if "inputs" in conf:  # members on different inputs: regressor_lines names each
+        return kind
     variant = conf.get("variant") or conf.get("config", {}).get("variant") or lineage(reg_run)[0][1].get("variant")
     net = "EfficientNet-Lite0 from ImageNet weights" if variant == "effnet_lite0" else "ReLU variant of the thesis network"
     return f"{net}, {kind}"
+
+
+def _input_words(pp: dict) -> str:
+    return (("the hand cut out by the U-Net mask, rotated fingers-up and cropped" if pp["segment"] else "the whole radiograph letterboxed")
+            + f" (segment={pp['segment']}), {pp['input_size']} px, normalised" + (", sharpened with the thesis kernel" if pp["enhance"] else ", not sharpened")
+            + f" (enhance={pp['enhance']})")
+
+
+def regressor_lines(reg_run: Path, rm: dict, m: dict) -> list[str]:
+    """The card's regressor bullet: one network, or each member of an ensemble with the input it sees."""
+    conf = json.loads((reg_run / "config.json").read_text())
+    head = f"- Regressor (`{reg_run}`): {describe_regressor(reg_run, rm)}, sex input, {rm['gmac']} GMAC, {rm['params']:,} parameters;"
+    if "inputs" not in conf:  # one input for the whole graph
+        return [head, f"  input = {_input_words(m['preprocess'])}."]
+    pps = {"image": m["preprocess"], **m.get("extra_inputs", {})}
+    return [head] + [f"  - `{member}` ({describe_regressor(Path(member), {})}) on input `{name}` = {_input_words(pps[name])}."
+                     for member, name in zip(conf["members"], conf["inputs"])]
 
 
 def val_interval(run: Path) -> tuple[float, float]:
@@ -136,12 +155,9 @@ def card(model_dir: Path, reg_run: Path, unet_run: Path) -> str:
         "## Pipeline",
         f"- U-Net (`train/runs/unet`, {pp['unet_size']} px, 0.145 GMAC) finds the hand; its mask must show a hand",
         "  (else the image is refused) and is checked by `edgeba.quality` (a failed check is a warning) and drawn",
-        "  by `--overlay`" + (": the regressor sees the hand it outlines." if pp["segment"] else "; this model does not crop to it."),
-        f"- Regressor (`{reg_run}`): {describe_regressor(reg_run, rm)}, {pp['input_size']} px, sex input,",
-        f"  {rm['gmac']} GMAC, {rm['params']:,} parameters; input = "
-        + ("the hand cut out by the U-Net mask, rotated fingers-up and cropped" if pp["segment"] else "the whole radiograph letterboxed")
-        + f" (segment={pp['segment']}), normalised" + (", sharpened with the thesis kernel" if pp["enhance"] else ", not sharpened")
-        + f" (enhance={pp['enhance']}).",
+        "  by `--overlay`" + (": the regressor sees the hand it outlines." if any(x["segment"] for x in [pp, *m.get("extra_inputs", {}).values()])
+                              else "; this model does not crop to it."),
+        *regressor_lines(reg_run, rm, m),
         f"- Test-time augmentation: {'on' if m.get('tta') else 'off (one regressor run per image)'}; `--precise` averages"
         f" 5 views at 5x the regressor's compute" + (f" (float val MAE {vt['mae']:.2f}, one view {v['mae']:.2f})." if vt else "."),
         f"- Output: months = z * {m['target']['std']:.2f} + {m['target']['mean']:.2f}.",

@@ -69,7 +69,7 @@ def predict(backend: str, listing: Path, out: Path, inputs: Path, reference: boo
 
     from edgeba import regress
     from edgeba.predictor import Predictor
-    from edgeba.preprocess import regressor_input
+    from edgeba.preprocess import regressor_feeds
     from edgeba.segment import unet_input
 
     # One thread: the same arithmetic order everywhere, and nothing to gain under an emulator.
@@ -85,16 +85,16 @@ def predict(backend: str, listing: Path, out: Path, inputs: Path, reference: boo
         # The stages again, as Predictor.predict runs them (cheap next to the models), to digest them.
         x, _ = unet_input(p.radiograph.pixels, pred.cfg.unet_size)
         prob = pred.unet.run({"image": x[None, :, :, None]})
-        r = regressor_input(p.radiograph.pixels, p.mask, pred.cfg)
+        r = regressor_feeds(p.radiograph.pixels, p.mask, pred.inputs)[0]  # {input name: (1, S, S, 1)}
         sex_feed = {"sex": np.array([[1.0 if sex == "male" else 0.0]], np.float32)} if pred.manifest.sex_input else {}
         row = {"id": image_id, "months": p.bone_age_months, "qc_ok": p.mask_quality["ok"] if p.mask_quality else None,
-               "digests": dict(zip(STAGES, map(_digest, (p.radiograph.pixels, x, prob, p.mask, r))))}
+               "digests": dict(zip(STAGES, map(_digest, (p.radiograph.pixels, x, prob, p.mask, np.concatenate([v.ravel() for v in r.values()]))))))}
         if reference:
-            r_ref = ref[image_id]
-            row["regressor_input_max_diff"] = float(np.abs(r_ref - r).max())
-            row["months_on_x86_input"] = p.bone_age_months if np.array_equal(r_ref, r) else float(
-                regress.months(pred.regressor.run({"image": r_ref[None, :, :, None]} | sex_feed), pred.target))
-        saved[image_id] = r
+            r_ref = {k: ref[f"{image_id}__{k}"] for k in r}
+            row["regressor_input_max_diff"] = max(float(np.abs(r_ref[k] - r[k]).max()) for k in r)
+            row["months_on_x86_input"] = p.bone_age_months if all(np.array_equal(r_ref[k], r[k]) for k in r) else float(
+                regress.months(pred.regressor.run(r_ref | sex_feed), pred.target))
+        saved |= {f"{image_id}__{k}": v for k, v in r.items()}
         rows.append(row)
         print(f"{backend} {image_id}: {p.bone_age_months:.4f}", file=sys.stderr, flush=True)
     if not reference:

@@ -21,7 +21,8 @@ from edgeba.manifest import FORMATS, load_manifest, sha256
 
 SCHEMA = "edgeba-bench/1"
 FLOAT_REFERENCE_ORDER = ("keras", "tflite-fp32", "onnx-fp32", "openvino-fp32")
-TARGETS = {"int8_vs_keras": 3.0, "int8_vs_best_fp32": 1.5, "e2e_vs_models": 1.5, "pipeline_gmac": 1.5, "predict_peak_rss_mb": 250.0,
+# pipeline_gmac: issue 18 raised the budget from 1.5 (issue 7's) to 3 GMAC per image, U-Net passes included.
+TARGETS = {"int8_vs_keras": 3.0, "int8_vs_best_fp32": 1.5, "e2e_vs_models": 1.5, "pipeline_gmac": 3.0, "predict_peak_rss_mb": 250.0,
            "cold_start_s": 1.5, "batch_scaling": 1.6}
 
 

@@ -63,16 +63,18 @@ def stage_ms(timings: dict[str, float]) -> dict[str, float]:
 
 def model_inputs(predictor, pred) -> tuple[dict | None, dict]:
     """The U-Net and regressor feeds of a finished prediction, rebuilt with the pipeline's own functions."""
-    from edgeba.preprocess import regressor_input
     from edgeba.segment import unet_input
 
     pixels = pred.radiograph.pixels
     unet = {"image": unet_input(pixels, predictor.cfg.unet_size)[0][None, :, :, None]} if predictor.unet else None
-    return unet, regressor_feed(predictor, regressor_input(pixels, pred.mask, predictor.cfg), pred.sex)
+    return unet, regressor_feed(predictor, pixels, pred.mask, pred.sex)
 
 
-def regressor_feed(predictor, x: np.ndarray, sex: str | None) -> dict:
-    feed = {"image": x[None, :, :, None]}
+def regressor_feed(predictor, pixels: np.ndarray, mask: np.ndarray | None, sex: str | None) -> dict:
+    """The regressor's plain-view feed for this image, as Predictor.predict builds it."""
+    from edgeba.preprocess import regressor_feeds
+
+    feed = regressor_feeds(pixels, mask, predictor.inputs)[0]
     if predictor.manifest.sex_input:
         feed["sex"] = np.array([[1.0 if sex == "male" else 0.0]], np.float32)
     return feed
@@ -118,7 +120,6 @@ def work_accuracy(spec: dict) -> dict:
     (mask IoU; this regressor on the reference's own input; end to end)."""
     from edgeba.errors import EdgebaError
     from edgeba.predictor import Predictor
-    from edgeba.preprocess import regressor_input
 
     threads, ref, views = spec["threads"], spec["reference"], spec["views"]
     limit_threads(threads, "keras" if "keras" in views else None)
@@ -141,7 +142,7 @@ def work_accuracy(spec: dict) -> dict:
             if qc_ok:  # what `edgeba predict` without --force answers at all
                 a["abs_err_qc_ok"].append(a["abs_err"][-1])
             if f == ref:  # its prediction, its plain (un-augmented) regressor input, and its months on that input
-                feed = regressor_feed(p, regressor_input(pred.radiograph.pixels, pred.mask, p.cfg), pred.sex)
+                feed = regressor_feed(p, pred.radiograph.pixels, pred.mask, pred.sex)
                 r = (pred, feed, regress.months(p.regressor.run(feed), p.target))
             elif r is not None:
                 if pred.mask is not None:

@@ -77,7 +77,7 @@ def prediction_json(pred, predictor: Predictor) -> dict:
 
 def overlay_data_url(pred, predictor: Predictor) -> str:
     label = f"{pred.bone_age_months:.0f} months" + ("" if not pred.warnings else " (see warnings)")  # as `--overlay`
-    image = overlay.draw(pred.radiograph.pixels, pred.mask, predictor.cfg.margin, label, predictor.cfg.segment)
+    image = overlay.draw(pred.radiograph.pixels, pred.mask, predictor.crop_margin, label, predictor.crops)
     ok, png = cv2.imencode(".png", image)
     if not ok:
         raise EdgebaError("cannot encode the overlay image")

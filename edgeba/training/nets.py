@@ -128,26 +128,37 @@ def spread_kernel(k: np.ndarray) -> np.ndarray:
     return np.repeat(np.repeat(k, 2, axis=0), 2, axis=1) / 4.0
 
 
-def average_regressors(members: list[keras.Model], targets: list[dict] | None = None) -> keras.Model:
+def average_regressors(members: list[keras.Model], targets: list[dict] | None = None,
+                       image_inputs: list[str] | None = None) -> keras.Model:
     """One model whose output is the mean of the members' outputs (an ensemble in a single graph).
 
     `targets` ({"mean", "std"} per member, months = z * std + mean) lets members trained with
     different target normalisations be averaged in months; the result uses targets[0].
+    `image_inputs` names each member's image input: members that see differently preprocessed
+    images (the whole radiograph, the upright hand crop) get one graph input each, named as the
+    manifest's preprocessing names them (edgeba/preprocess.py, regressor_feeds); members with the
+    same name share it. The sex input, if any, is shared.
     The members' last Dense layers are merged into one Dense on their concatenated features
     (each kernel rescaled and divided by n, stacked), which is exactly the mean and keeps the graph's
     last op a Dense: export keeps that op float in every INT8 format, as for one regressor.
     """
-    first = members[0]
     targets = targets or [{"mean": 0.0, "std": 1.0}] * len(members)
+    image_inputs = image_inputs or ["image"] * len(members)
     ref = targets[0]
-    inputs = [keras.Input(t.shape[1:], name=t.name.split(":")[0]) for t in first.inputs]
+    inputs: dict[str, keras.KerasTensor] = {}
     feats, kernels, bias = [], [], 0.0
-    for i, (m, t) in enumerate(zip(members, targets)):
-        if [tuple(x.shape) for x in m.inputs] != [tuple(x.shape) for x in first.inputs]:
-            raise ValueError("ensemble members must take the same inputs")
+    for i, (m, t, name) in enumerate(zip(members, targets, image_inputs)):
+        call = []
+        for x in m.inputs:  # the image is the 4-D input, the sex the 2-D one
+            key = name if len(x.shape) == 4 else "sex"
+            if key not in inputs:
+                inputs[key] = keras.Input(x.shape[1:], name=key)
+            elif tuple(inputs[key].shape[1:]) != tuple(x.shape[1:]):
+                raise ValueError(f"ensemble members disagree on the shape of input {key!r}")
+            call.append(inputs[key])
         last = m.layers[-1]
         body = keras.Model(m.inputs, last.input, name=f"member{i + 1}")
-        feats.append(body(inputs if len(inputs) > 1 else inputs[0]))
+        feats.append(body(call if len(call) > 1 else call[0]))
         k, b = last.get_weights()
         scale = t["std"] / ref["std"] / len(members)
         kernels.append(k * scale)
@@ -155,7 +166,8 @@ def average_regressors(members: list[keras.Model], targets: list[dict] | None = 
     age = layers.Dense(1, name="age")
     out = age(layers.Concatenate(name="members")(feats))
     age.set_weights([np.concatenate(kernels, axis=0), np.asarray(bias, np.float32)])
-    return keras.Model(inputs, out, name=f"ensemble{len(members)}")
+    ordered = [inputs[k] for k in inputs if k != "sex"] + ([inputs["sex"]] if "sex" in inputs else [])
+    return keras.Model(ordered if len(ordered) > 1 else ordered[0], out, name=f"ensemble{len(members)}")
 
 
 def count_macs(model: keras.Model) -> int:
