@@ -9,6 +9,11 @@ split; it promises nothing for images unlike them (the stress suite measures tha
 With several views (`--precise`) the views' spread scales the half-width (normalised conformal):
 residuals are divided by f = max(1, spread / spread_ref) before taking the quantile, and the interval
 is estimate +- q * f, so a hand whose views disagree gets a wider interval and a warning.
+
+Conditions: an image the pipeline recognises as harder than the calibration split (a bright film around
+the hand, edgeba/surround.py) takes the half-width calibrated on such images instead, when that is wider
+(`conditions.<name>.<mode>` in the manifest: the same conformal quantile, on residuals of the held-out
+split's images under the stress suite's transforms that show the condition).
 """
 
 from __future__ import annotations
@@ -74,15 +79,24 @@ def mode(views: int) -> str:
     return "tta" if views > 1 else "single"
 
 
-def interval(manifest_data: dict, estimate: float, views: list[float]) -> Interval | None:
-    """The interval for one estimate from the manifest's calibration; None when the model has none."""
-    cal = (manifest_data.get("interval") or {}).get("modes", {}).get(mode(len(views)))
-    if cal is None:
-        return None
+def _half_width(cal: dict) -> float:
     try:
-        q = float(cal["half_width"])
+        return float(cal["half_width"])
     except (KeyError, TypeError, ValueError):
         raise ModelError("manifest.json: interval calibration lacks a numeric half_width") from None
+
+
+def interval(manifest_data: dict, estimate: float, views: list[float], conditions: tuple[str, ...] = ()) -> Interval | None:
+    """The interval for one estimate from the manifest's calibration; None when the model has none.
+    `conditions`: what the pipeline found atypical about this image; each calibrated one may widen it."""
+    data = manifest_data.get("interval") or {}
+    cal = data.get("modes", {}).get(mode(len(views)))
+    if cal is None:
+        return None
+    q = _half_width(cal)
+    for c in conditions:
+        if (cc := (data.get("conditions", {}).get(c) or {}).get(mode(len(views)))) is not None:
+            q = max(q, _half_width(cc))
     f = spread_factor(float(np.std(views)) if len(views) > 1 else None, cal.get("spread_ref"))
     return Interval(max(0.0, estimate - q * f), estimate + q * f, f)
 

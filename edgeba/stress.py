@@ -206,6 +206,22 @@ def _write(path: Path, img: np.ndarray) -> None:
         raise OSError(f"cannot write {path}")
 
 
+def read_raw(case) -> np.ndarray:
+    """The radiograph's stored grey levels as float32 in [0, 1]: what every transform starts from."""
+    raw = cv2.imread(str(case.image_path), cv2.IMREAD_GRAYSCALE)
+    if raw is None:
+        raise FileNotFoundError(f"{case.image_path}: cannot read")
+    return raw.astype(np.float32) / 255.0
+
+
+def write_variant(img: np.ndarray, mask: np.ndarray | None, case_id: str, name: str, seed: int, folder: Path) -> Path:
+    """The file of one radiograph under one transform (the suite's own draw for this image and seed)."""
+    fn, suffix, _ = TRANSFORMS[name]
+    path = folder / f"{case_id}_{name}{suffix}"
+    _write(path, fn(img, mask, _rng(seed, case_id, name)))
+    return path
+
+
 def _rng(seed: int, case_id: str, name: str) -> np.random.Generator:
     return np.random.default_rng([seed, zlib.crc32(f"{case_id}/{name}".encode())])
 
@@ -234,18 +250,14 @@ def run(model: Path | None, backend: str = "auto", split: str = "val", quick: bo
     rows = []
     with tempfile.TemporaryDirectory(prefix="edgeba-stress-") as tmp:
         for k, case in enumerate(cases, 1):
-            raw = cv2.imread(str(case.image_path), cv2.IMREAD_GRAYSCALE)
-            if raw is None:
-                raise FileNotFoundError(f"{case.image_path}: cannot read")
-            img = raw.astype(np.float32) / 255.0
+            img = read_raw(case)
             sex = "male" if case.male else "female"
             mask = None
             for name in names:
-                fn, suffix, expect_inv = TRANSFORMS[name]
+                expect_inv = TRANSFORMS[name][2]
                 if mask is None and name != "clean":
                     mask = bootstrap_mask(img)  # the clean image was refused or not run
-                path = Path(tmp) / f"{case.id}_{name}{suffix}"
-                _write(path, fn(img, mask, _rng(seed, case.id, name)))
+                path = write_variant(img, mask, case.id, name, seed, Path(tmp))
                 row = {"id": case.id, "transform": name, "true": case.boneage_months, "expected_inversion": expect_inv}
                 try:
                     p = predictor.predict(path, sex)

@@ -9,6 +9,11 @@ one the model was not fitted on; `val` is refused (it is only reported, never us
 `--residuals-from RUN_DIR` takes the residuals from a training run's predictions_<split>.csv and
 predictions_<split>_tta.csv instead: a proxy for a model refitted on that split (its train-only
 sibling's residuals), recorded as such in the manifest. Rerun whenever the shipped model changes.
+
+`--conditions-model DIR` also calibrates the half-width for images with a bright film around the hand
+(edgeba/surround.py): the split's images under the stress suite's bright-plate and collimation transforms,
+run end to end by DIR's model (a model directory whose regressor was not fitted on the split, e.g. the
+shipped one's train-only sibling on the keras backend), keeping those the pipeline flags.
 """
 
 from __future__ import annotations
@@ -17,13 +22,15 @@ import argparse
 import csv
 import json
 import sys
+import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 
-from edgeba import dataset, interval
+from edgeba import dataset, interval, stress
+from edgeba.surround import BRIGHT, CONDITION
 from edgeba.errors import EdgebaError
 from edgeba.manifest import DEFAULT_DIR
 from edgeba.predictor import Predictor
@@ -45,12 +52,60 @@ def measure(model_dir: Path, split: str, backend: str) -> tuple[list[dict], list
         except EdgebaError as exc:
             refused.append((case.id, str(exc)))
             continue
-        v = p.view_months
-        rows.append({"id": case.id, "true": case.boneage_months, "single": v[0], "tta": float(np.mean(v)),
-                     "spread": float(np.std(v))})
+        rows.append(_row(case, p))
         if k % 20 == 0:
             print(f"  {k}/{len(cases)}", file=sys.stderr, flush=True)
     return rows, refused
+
+
+def _row(case, p) -> dict:
+    v = p.view_months
+    return {"id": case.id, "true": case.boneage_months, "single": v[0], "tta": float(np.mean(v)), "spread": float(np.std(v))}
+
+
+CONDITION_TRANSFORMS = ("bright_plate", "collimation")
+
+
+def measure_condition(model_dir: Path, split: str, backend: str) -> tuple[list[dict], int]:
+    """Rows as `measure` for the split's images under CONDITION_TRANSFORMS whose pipeline flags CONDITION
+    (the stress suite's draws: its seed, the clean image's mask); and how many variants were not flagged."""
+    pred = Predictor(model_dir, backend, tta=True)
+    rows, unflagged = [], 0
+    with tempfile.TemporaryDirectory(prefix="edgeba-cal-") as tmp:
+        for k, case in enumerate(dataset.split_cases(split), 1):
+            sex = "male" if case.male else "female"
+            try:
+                clean = pred.predict(case.image_path, sex)
+            except EdgebaError:
+                continue
+            img = stress.read_raw(case)
+            if clean.mask is None or clean.mask.shape != img.shape:
+                continue  # the suite's transforms need the hand's mask in the stored frame
+            for name in CONDITION_TRANSFORMS:
+                path = stress.write_variant(img, clean.mask, case.id, name, stress.SEED, Path(tmp))
+                try:
+                    p = pred.predict(path, sex)
+                except EdgebaError:
+                    continue
+                finally:
+                    path.unlink(missing_ok=True)
+                if p.mask_quality["metrics"].get(CONDITION, 0.0) > BRIGHT:
+                    rows.append(_row(case, p))
+                else:
+                    unflagged += 1
+            if k % 20 == 0:
+                print(f"  {k} images", file=sys.stderr, flush=True)
+    return rows, unflagged
+
+
+def _modes(rows: list[dict]) -> dict:
+    true = np.array([r["true"] for r in rows])
+    single = np.array([r["single"] for r in rows])
+    tta = np.array([r["tta"] for r in rows])
+    return {
+        "single": interval.calibrate(single - true) | {"mae": round(float(np.mean(np.abs(single - true))), 3)},
+        "tta": interval.calibrate(tta - true, [r["spread"] for r in rows]) | {"mae": round(float(np.mean(np.abs(tta - true))), 3)},
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -59,6 +114,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--split", default="tune", choices=("train", "tune"), help="held-out split (never val)")
     ap.add_argument("--backend", default="auto")
     ap.add_argument("--residuals-from", type=Path, default=None, help="training run whose predictions_<split>*.csv give the residuals (proxy)")
+    ap.add_argument("--conditions-model", type=Path, default=None,
+                    help="model directory (not fitted on the split) that calibrates the bright-film condition")
+    ap.add_argument("--conditions-backend", default="keras")
     ap.add_argument("--dry-run", action="store_true", help="print the calibration, do not write the manifest")
     a = ap.parse_args(argv)
 
@@ -73,9 +131,6 @@ def main(argv: list[str] | None = None) -> int:
                   f"never fitted on {a.split}; the views' spread from this model end to end ({a.backend})")
     else:
         source = f"this model end to end on {a.split} ({a.backend} backend)"
-    true = np.array([r["true"] for r in rows])
-    single = np.array([r["single"] for r in rows])
-    tta = np.array([r["tta"] for r in rows])
     cal = {
         "coverage": interval.COVERAGE,
         "method": "split-conformal on absolute residuals; --precise scaled by the views' spread (edgeba/interval.py)",
@@ -84,11 +139,13 @@ def main(argv: list[str] | None = None) -> int:
         "n_refused": len(refused),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "command": "python export/calibrate_interval.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "modes": {
-            "single": interval.calibrate(single - true) | {"mae": round(float(np.mean(np.abs(single - true))), 3)},
-            "tta": interval.calibrate(tta - true, [r["spread"] for r in rows]) | {"mae": round(float(np.mean(np.abs(tta - true))), 3)},
-        },
+        "modes": _modes(rows),
     }
+    if a.conditions_model is not None:
+        crow, unflagged = measure_condition(a.conditions_model, a.split, a.conditions_backend)
+        cal["conditions"] = {CONDITION: _modes(crow) | {
+            "source": f"{a.conditions_model.as_posix()} end to end ({a.conditions_backend}) on the {a.split} images under the stress "
+                      f"suite's {' and '.join(CONDITION_TRANSFORMS)} (seed {stress.SEED}) that it flags; {unflagged} variants not flagged"}}
     print(json.dumps(cal, indent=1))
     print(f"{len(rows)} images, {len(refused)} refused, {time.time() - t0:.0f} s", file=sys.stderr)
     if not a.dry_run:

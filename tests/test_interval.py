@@ -42,6 +42,19 @@ def test_views_that_disagree_widen_the_interval_and_warn():
     assert one.as_list() == [0.0, 15.0]  # cut at 0 months
 
 
+def test_a_calibrated_condition_widens_the_interval_only_when_wider():
+    data = {"interval": {"modes": {"single": {"half_width": 10.0}},
+                         "conditions": {"bright_surround": {"single": {"half_width": 25.0}}, "narrow": {"single": {"half_width": 4.0}}}}}
+    plain = interval.interval(data, 100.0, [100.0])
+    bright = interval.interval(data, 100.0, [100.0], ("bright_surround",))
+    assert (plain.lo, plain.hi) == (90.0, 110.0) and (bright.lo, bright.hi) == (75.0, 125.0)
+    assert interval.interval(data, 100.0, [100.0], ("narrow",)).hi == 110.0  # never narrower than the base
+    assert interval.interval(data, 100.0, [100.0], ("uncalibrated",)).hi == 110.0
+    # a mode the condition was not calibrated for keeps the base half-width
+    assert interval.interval(data | {"interval": data["interval"] | {"modes": {"tta": {"half_width": 8.0}}}}, 100.0, [100.0, 100.0],
+                             ("bright_surround",)).hi == 108.0
+
+
 def test_no_calibration_no_interval():
     assert interval.interval({}, 100.0, [100.0]) is None
 

@@ -1,0 +1,46 @@
+"""The bright-film condition (edgeba/surround.py): a normal radiograph is not flagged, the same hand on a
+bright plate or inside a collimated field is, and a flagged image says so and gets the wider interval."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from runtime_fixtures import *  # noqa: F401,F403
+
+from edgeba import dataset, stress
+from edgeba.segment import bootstrap_mask
+from edgeba.surround import BRIGHT, CONDITION, bright_surround
+
+
+def _case(image_id: str):
+    return next(c for c in dataset.cases() if c.id == image_id)
+
+
+@pytest.mark.parametrize("image_id", GOOD_IDS)
+def test_a_bright_plate_is_flagged_and_a_normal_film_is_not(image_id, tmp_path):
+    img = stress.read_raw(_case(image_id))
+    mask = bootstrap_mask(img)
+    assert bright_surround(img, mask) < BRIGHT / 2
+    plate = stress.TRANSFORMS["bright_plate"][0](img, mask, stress._rng(stress.SEED, image_id, "bright_plate"))
+    assert bright_surround(plate, mask) > BRIGHT
+
+
+def test_a_flagged_image_warns_and_gets_the_conditions_interval(tmp_path):
+    from edgeba.manifest import load_manifest
+    from edgeba.predictor import Predictor
+
+    case = _case(GOOD_IDS[0])
+    p = Predictor(None, "tflite", 1)
+    clean = p.predict(case.image_path, "male")
+    path = stress.write_variant(stress.read_raw(case), clean.mask, case.id, "bright_plate", stress.SEED, Path(tmp_path))
+    bright = p.predict(path, "male")
+    assert clean.mask_quality["metrics"][CONDITION] < BRIGHT < bright.mask_quality["metrics"][CONDITION]
+    field = stress.write_variant(stress.read_raw(case), clean.mask, case.id, "collimation", stress.SEED, Path(tmp_path))
+    assert p.predict(field, "male").mask_quality["metrics"][CONDITION] > BRIGHT  # the film grew a bright frame
+    assert not any("film around the hand is bright" in w for w in clean.warnings)
+    assert any("film around the hand is bright" in w for w in bright.warnings)
+    cal = load_manifest().data["interval"]
+    widths = [(i[1] - i[0]) / 2 for i in (clean.interval_months, bright.interval_months)]
+    assert widths[0] == pytest.approx(cal["modes"]["single"]["half_width"], abs=0.06)
+    assert widths[1] == pytest.approx(cal["conditions"][CONDITION]["single"]["half_width"], abs=0.06) and widths[1] > widths[0]
