@@ -88,7 +88,7 @@ def predict(backend: str, listing: Path, out: Path, inputs: Path, reference: boo
         r = regressor_feeds(p.radiograph.pixels, p.mask, pred.inputs)[0]  # {input name: (1, S, S, 1)}
         sex_feed = {"sex": np.array([[1.0 if sex == "male" else 0.0]], np.float32)} if pred.manifest.sex_input else {}
         row = {"id": image_id, "months": p.bone_age_months, "qc_ok": p.mask_quality["ok"] if p.mask_quality else None,
-               "digests": dict(zip(STAGES, map(_digest, (p.radiograph.pixels, x, prob, p.mask, np.concatenate([v.ravel() for v in r.values()]))))))}
+               "digests": dict(zip(STAGES, map(_digest, (p.radiograph.pixels, x, prob, p.mask, np.concatenate([v.ravel() for v in r.values()])))))}
         if reference:
             r_ref = {k: ref[f"{image_id}__{k}"] for k in r}
             row["regressor_input_max_diff"] = max(float(np.abs(r_ref[k] - r[k]).max()) for k in r)
