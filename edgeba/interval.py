@@ -11,7 +11,7 @@ residuals are divided by f = max(1, spread / spread_ref) before taking the quant
 is estimate +- q * f, so a hand whose views disagree gets a wider interval and a warning.
 
 Conditions: an image the pipeline recognises as harder than the calibration split (a bright film around
-the hand, edgeba/surround.py) takes the half-width calibrated on such images instead, when that is wider
+the hand, a noisy image: edgeba/conditions.py) takes the half-width calibrated on such images instead, when that is wider
 (`conditions.<name>.<mode>` in the manifest: the same conformal quantile, on residuals of the held-out
 split's images under the stress suite's transforms that show the condition).
 """

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgeba import interval, regress
+from edgeba import conditions, interval, regress
 from edgeba.backends import choose, default_threads, open_stage
 from edgeba.errors import InputError, SegmentationError
 from edgeba.hand import MIN_DETAIL, detail, is_hand, texture
@@ -22,7 +22,6 @@ from edgeba.manifest import load_manifest
 from edgeba.orient import find_upright_hand
 from edgeba.preprocess import PreprocessConfig, regressor_feeds
 from edgeba.reframe import reframe
-from edgeba.surround import BRIGHT, CONDITION, bright_surround
 from edgeba.segment import mask_from_prob, unet_input
 
 SEXES = ("male", "female")
@@ -132,7 +131,7 @@ class Predictor:
         used_sex, source, warnings = self._sex(rad, sex, name)
         warnings = list(rad.warnings) + warnings
 
-        mask, quality, inverted, conditions = None, None, False, ()
+        mask, quality, inverted, flags = None, None, False, []
         self._unet_passes = 0
         if self.unet is not None:
             t0 = time.perf_counter()
@@ -145,11 +144,10 @@ class Predictor:
             quality = {"ok": bool(q.ok), "reasons": list(q.reasons), "metrics": q.metrics | {"zoomed": hand.zoomed, "turned_degrees": 90 * turns, "bone_contrast": round(hand.contrast, 3) if np.isfinite(hand.contrast) else None}}
             structure = detail(rad.pixels, mask)
             quality["metrics"]["detail"] = round(structure, 4)
-            quality["metrics"][CONDITION] = round(bright := bright_surround(rad.pixels, mask), 3)
-            if bright > BRIGHT:
-                conditions = (CONDITION,)
-                warnings.append(f"the film around the hand is bright ({bright:.0%} of it brighter than the hand: a plate or "
-                                "collimator field?): such images are estimated less reliably, the interval is widened to match")
+            measured = conditions.measure(rad.pixels, mask)
+            quality["metrics"] |= {k: round(v, 4) for k, v in measured.items()}
+            flags = conditions.flagged(measured)
+            warnings += [c.warning.format(value=measured[c.name]) for c in flags]
             why = "; ".join(q.reasons + (["no bone structure inside the outline"] if structure < MIN_DETAIL else [])) or "mask failed the quality checks"
             if not is_hand(q, hand.contrast, texture(rad.pixels, mask), structure):
                 if not force or not mask.any():
@@ -180,7 +178,7 @@ class Predictor:
         timings["total"] = _ms(t_all)
         if (w := regress.plausibility_warning(age)) is not None:
             warnings.append(w)
-        iv = interval.interval(self.manifest.data, age, view_months, conditions)
+        iv = interval.interval(self.manifest.data, age, view_months, tuple(c.name for c in flags))
         if iv is not None and (w := iv.warning()) is not None:
             warnings.append(w)
 

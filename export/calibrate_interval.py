@@ -10,8 +10,8 @@ one the model was not fitted on; `val` is refused (it is only reported, never us
 predictions_<split>_tta.csv instead: a proxy for a model refitted on that split (its train-only
 sibling's residuals), recorded as such in the manifest. Rerun whenever the shipped model changes.
 
-`--conditions-model DIR` also calibrates the half-width for images with a bright film around the hand
-(edgeba/surround.py): the split's images under the stress suite's bright-plate and collimation transforms,
+`--conditions-model DIR` also calibrates the half-width of each condition of edgeba/conditions.py (a bright
+film around the hand, a noisy image): the split's images under the stress suite's transforms that make it,
 run end to end by DIR's model (a model directory whose regressor was not fitted on the split, e.g. the
 shipped one's train-only sibling on the keras backend), keeping those the pipeline flags.
 """
@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from edgeba import dataset, interval, stress
-from edgeba.surround import BRIGHT, CONDITION
+from edgeba.conditions import CONDITIONS
 from edgeba.errors import EdgebaError
 from edgeba.manifest import DEFAULT_DIR
 from edgeba.predictor import Predictor
@@ -63,14 +63,11 @@ def _row(case, p) -> dict:
     return {"id": case.id, "true": case.boneage_months, "single": v[0], "tta": float(np.mean(v)), "spread": float(np.std(v))}
 
 
-CONDITION_TRANSFORMS = ("bright_plate", "collimation")
-
-
-def measure_condition(model_dir: Path, split: str, backend: str) -> tuple[list[dict], int]:
-    """Rows as `measure` for the split's images under CONDITION_TRANSFORMS whose pipeline flags CONDITION
-    (the stress suite's draws: its seed, the clean image's mask); and how many variants were not flagged."""
+def measure_conditions(model_dir: Path, split: str, backend: str) -> dict[str, tuple[list[dict], int]]:
+    """Per condition: rows as `measure` for the split's images under its transforms whose pipeline flags it
+    (the stress suite's draws: its seed, the clean image's mask), and how many variants were not flagged."""
     pred = Predictor(model_dir, backend, tta=True)
-    rows, unflagged = [], 0
+    out: dict[str, tuple[list[dict], int]] = {c.name: ([], 0) for c in CONDITIONS}
     with tempfile.TemporaryDirectory(prefix="edgeba-cal-") as tmp:
         for k, case in enumerate(dataset.split_cases(split), 1):
             sex = "male" if case.male else "female"
@@ -81,21 +78,23 @@ def measure_condition(model_dir: Path, split: str, backend: str) -> tuple[list[d
             img = stress.read_raw(case)
             if clean.mask is None or clean.mask.shape != img.shape:
                 continue  # the suite's transforms need the hand's mask in the stored frame
-            for name in CONDITION_TRANSFORMS:
-                path = stress.write_variant(img, clean.mask, case.id, name, stress.SEED, Path(tmp))
-                try:
-                    p = pred.predict(path, sex)
-                except EdgebaError:
-                    continue
-                finally:
-                    path.unlink(missing_ok=True)
-                if p.mask_quality["metrics"].get(CONDITION, 0.0) > BRIGHT:
-                    rows.append(_row(case, p))
-                else:
-                    unflagged += 1
+            for c in CONDITIONS:
+                for name in c.transforms:
+                    path = stress.write_variant(img, clean.mask, case.id, name, stress.SEED, Path(tmp))
+                    try:
+                        p = pred.predict(path, sex)
+                    except EdgebaError:
+                        continue
+                    finally:
+                        path.unlink(missing_ok=True)
+                    rows, unflagged = out[c.name]
+                    if p.mask_quality["metrics"].get(c.name, 0.0) > c.threshold:
+                        rows.append(_row(case, p))
+                    else:
+                        out[c.name] = (rows, unflagged + 1)
             if k % 20 == 0:
                 print(f"  {k} images", file=sys.stderr, flush=True)
-    return rows, unflagged
+    return out
 
 
 def _modes(rows: list[dict]) -> dict:
@@ -142,10 +141,11 @@ def main(argv: list[str] | None = None) -> int:
         "modes": _modes(rows),
     }
     if a.conditions_model is not None:
-        crow, unflagged = measure_condition(a.conditions_model, a.split, a.conditions_backend)
-        cal["conditions"] = {CONDITION: _modes(crow) | {
+        measured = measure_conditions(a.conditions_model, a.split, a.conditions_backend)
+        cal["conditions"] = {c.name: _modes(measured[c.name][0]) | {
             "source": f"{a.conditions_model.as_posix()} end to end ({a.conditions_backend}) on the {a.split} images under the stress "
-                      f"suite's {' and '.join(CONDITION_TRANSFORMS)} (seed {stress.SEED}) that it flags; {unflagged} variants not flagged"}}
+                      f"suite's {' and '.join(c.transforms)} (seed {stress.SEED}) that it flags; {measured[c.name][1]} variants not flagged"}
+            for c in CONDITIONS}
     print(json.dumps(cal, indent=1))
     print(f"{len(rows)} images, {len(refused)} refused, {time.time() - t0:.0f} s", file=sys.stderr)
     if not a.dry_run:

@@ -1,5 +1,5 @@
-"""The bright-film condition (edgeba/surround.py): a normal radiograph is not flagged, the same hand on a
-bright plate or inside a collimated field is, and a flagged image says so and gets the wider interval."""
+"""The conditions of edgeba/conditions.py: a normal radiograph is not flagged; the same hand on a bright plate,
+inside a collimated field or under noise is, says so, and gets the interval calibrated for it."""
 
 from __future__ import annotations
 
@@ -10,7 +10,10 @@ from runtime_fixtures import *  # noqa: F401,F403
 
 from edgeba import dataset, stress
 from edgeba.segment import bootstrap_mask
-from edgeba.surround import BRIGHT, CONDITION, bright_surround
+from edgeba.conditions import CONDITIONS, bright_surround, noise_level
+
+BRIGHT, NOISY = (c.threshold for c in CONDITIONS)
+CONDITION = "bright_surround"
 
 
 def _case(image_id: str):
@@ -18,12 +21,15 @@ def _case(image_id: str):
 
 
 @pytest.mark.parametrize("image_id", GOOD_IDS)
-def test_a_bright_plate_is_flagged_and_a_normal_film_is_not(image_id, tmp_path):
+def test_a_bright_plate_and_noise_are_flagged_and_a_normal_film_is_not(image_id, tmp_path):
     img = stress.read_raw(_case(image_id))
     mask = bootstrap_mask(img)
     assert bright_surround(img, mask) < BRIGHT / 2
     plate = stress.TRANSFORMS["bright_plate"][0](img, mask, stress._rng(stress.SEED, image_id, "bright_plate"))
     assert bright_surround(plate, mask) > BRIGHT
+    assert noise_level(img) < NOISY / 2
+    noisy = stress.TRANSFORMS["noise"][0](img, mask, stress._rng(stress.SEED, image_id, "noise"))
+    assert noise_level(noisy) > NOISY
 
 
 def test_a_flagged_image_warns_and_gets_the_conditions_interval(tmp_path):
@@ -44,3 +50,6 @@ def test_a_flagged_image_warns_and_gets_the_conditions_interval(tmp_path):
     widths = [(i[1] - i[0]) / 2 for i in (clean.interval_months, bright.interval_months)]
     assert widths[0] == pytest.approx(cal["modes"]["single"]["half_width"], abs=0.06)
     assert widths[1] == pytest.approx(cal["conditions"][CONDITION]["single"]["half_width"], abs=0.06) and widths[1] > widths[0]
+    noisy = p.predict(stress.write_variant(stress.read_raw(case), clean.mask, case.id, "noise", stress.SEED, Path(tmp_path)), "male")
+    assert any("image is noisy" in w for w in noisy.warnings) and not any("image is noisy" in w for w in clean.warnings)
+    assert (noisy.interval_months[1] - noisy.interval_months[0]) / 2 == pytest.approx(cal["conditions"]["noisy"]["single"]["half_width"], abs=0.06)

@@ -1,0 +1,71 @@
+"""Acquisition conditions the regressor handles worse than the calibration split: flagged, not repaired.
+
+Each condition is measured on every image (its metric lands in the mask quality's metrics); above its
+threshold the prediction gets a warning and the interval calibrated on such images (edgeba/interval.py;
+`python export/calibrate_interval.py --conditions-model DIR` runs the held-out split's images under the
+stress suite's transforms that make the condition and keeps those flagged).
+
+- `bright_surround`: a bright plate or collimator field. On a normal radiograph the film around the
+  hand is the darkest thing in the image; side markers and labels are small. The metric is the fraction
+  of the film clear of the hand (outside the outline grown by 5 % of the hand's size) brighter than the
+  hand's median. Pipeline masks (TFLite), first 60 train and 60 tune radiographs: clean at most 0.13
+  (median 0.01); bright plate median 0.99 (5th percentile 0.50-0.64); collimation median 0.47-0.49.
+  Repairing it does not help: the film outside the outline set to the hand's darkest grey left bright
+  plate at MAE 13.3-13.6 on 60 train images (13.3 before; train/RESULTS.md session 10).
+- `noisy`: strong grain or electronic noise. The metric is a robust noise estimate, 1.4826 x the median
+  absolute deviation of the image minus its 3x3 median, in grey levels of 1/255 steps. First 300 train
+  and 60 tune radiographs: at most 2 steps (0.012); the stress suite's noise (sigma 0.04) 0.012-0.035,
+  5th percentile 0.017-0.029. The sharpening kernel of the shipped model amplifies such noise and its
+  estimates drop by about 10 months (stress suite, first 60 val images).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+
+def bright_surround(pixels: np.ndarray, mask: np.ndarray) -> float:
+    """Fraction of the film clear of the hand that is brighter than the hand's median (0 when none)."""
+    if not mask.any():
+        return 0.0
+    ys, xs = np.nonzero(mask)
+    k = max(3, round(0.05 * max(int(np.ptp(ys)), int(np.ptp(xs)))))
+    grown = cv2.dilate(mask.astype(np.uint8), cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * k + 1, 2 * k + 1)))
+    film = pixels[grown == 0]
+    return float(np.mean(film > np.median(pixels[mask > 0]))) if film.size else 0.0
+
+
+def noise_level(pixels: np.ndarray) -> float:
+    """Robust noise sigma (grey levels in [0, 1]) from the residual of a 3x3 median filter."""
+    u8 = np.clip(pixels * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    d = pixels.astype(np.float32) - cv2.medianBlur(u8, 3).astype(np.float32) / 255.0
+    return 1.4826 * float(np.median(np.abs(d - np.median(d))))
+
+
+@dataclass(frozen=True)
+class Condition:
+    name: str  # its key in the metrics and in the manifest's interval calibration
+    threshold: float  # flagged above it
+    transforms: tuple[str, ...]  # the stress suite's transforms that make it (calibration)
+    warning: str  # said when flagged; {value} is the metric
+
+
+CONDITIONS = (
+    Condition("bright_surround", 0.2, ("bright_plate", "collimation"),
+              "the film around the hand is bright ({value:.0%} of it brighter than the hand: a plate or collimator field?): "
+              "such images are estimated less reliably"),
+    Condition("noisy", 0.015, ("noise",),
+              "the image is noisy (noise {value:.3f} of the grey range): such images are estimated less reliably"),
+)
+
+
+def measure(pixels: np.ndarray, mask: np.ndarray) -> dict[str, float]:
+    """Every condition's metric for this image and its hand mask."""
+    return {"bright_surround": bright_surround(pixels, mask), "noisy": noise_level(pixels)}
+
+
+def flagged(metrics: dict[str, float]) -> list[Condition]:
+    return [c for c in CONDITIONS if metrics.get(c.name, 0.0) > c.threshold]
