@@ -25,6 +25,24 @@ def _stretch(x: np.ndarray) -> np.ndarray:
     return np.clip((x - lo) / max(hi - lo, 1e-6), 0, 1)
 
 
+def _ellipse_rects(k: int) -> list[tuple[int, int]]:
+    """The (2k+1)-px ellipse of cv2.getStructuringElement as a union of centred rectangles (half-height,
+    half-width): for each row width, the band of rows at least that wide."""
+    rows = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * k + 1, 2 * k + 1)).sum(axis=1)
+    return [(int(np.count_nonzero(rows >= 2 * w + 1)) // 2, w) for w in sorted({int(r) // 2 for r in rows if r})]
+
+
+def _dilate_ellipse(x: np.ndarray, k: int) -> np.ndarray:
+    """cv2.dilate(x, ellipse (2k+1)), bit for bit, for x >= 0: the maximum over the ellipse is the largest
+    of the maxima over its rectangles, and OpenCV dilates by a rectangle as two 1-D passes (about 2x
+    faster here than its generic path for a 39 px ellipse, which cost more than the rest of hand_contrast)."""
+    out = None
+    for h, w in _ellipse_rects(k):
+        y = cv2.dilate(x, cv2.getStructuringElement(cv2.MORPH_RECT, (2 * w + 1, 2 * h + 1)))
+        out = y if out is None else np.maximum(out, y, out=out)
+    return out
+
+
 def hand_contrast(pixels: np.ndarray, mask: np.ndarray) -> float:
     """Median grey along the centre lines of the hand's fingers, palm and forearm minus that of their
     flanks (image stretched to 1-99 %): > 0 when bone is bright. NaN when the mask has no such parts.
@@ -34,11 +52,11 @@ def hand_contrast(pixels: np.ndarray, mask: np.ndarray) -> float:
     h, w = pixels.shape
     s = min(1.0, WORK_SIDE / max(h, w))
     size = (max(1, round(w * s)), max(1, round(h * s)))
-    img = _stretch(cv2.resize(pixels.astype(np.float32), size, interpolation=cv2.INTER_AREA))
+    img = _stretch(cv2.resize(pixels.astype(np.float32, copy=False), size, interpolation=cv2.INTER_AREA))
     m = cv2.resize(mask.astype(np.uint8), size, interpolation=cv2.INTER_NEAREST)
     d = cv2.distanceTransform(m, cv2.DIST_L2, 5)
     k = max(2, round(WINDOW * max(size)))
-    local = cv2.dilate(d, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * k + 1, 2 * k + 1)))
+    local = _dilate_ellipse(d, k)  # the largest distance nearby: the local thickness
     r = np.where(local >= 2.0, d / np.maximum(local, 1e-6), 0.0)
     centre, flank = r >= CENTRE, (r > FLANK[0]) & (r <= FLANK[1])
     if centre.sum() < 20 or flank.sum() < 20:
