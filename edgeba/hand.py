@@ -149,20 +149,22 @@ def find_hand(pixels: np.ndarray, segment: Callable[[np.ndarray], np.ndarray], p
     """Mask and polarity of the hand. One U-Net pass when the first mask shows bone clearly bright
     (almost every radiograph); else the inverse image too, and the contrast inside the better mask decides.
     `outline`: what `find_hand(pixels, segment, True)` returned for these very pixels (its pass is reused)."""
-    first = outline if outline is not None else Hand(pixels, *_segment_zoomed(pixels, segment))
-    if polarity_known or (first.quality.ok and first.contrast > CLEAR):
-        return first
+    if outline is None:
+        mask, q, zoomed = _segment_zoomed(pixels, segment)
+        outline = Hand(pixels, mask, q, inverted=False, zoomed=zoomed)
+    if polarity_known or (outline.quality.ok and outline.contrast > CLEAR):
+        return outline
     neg = 1.0 - pixels
     mask_n, q_n, zoomed_n = _segment_zoomed(neg, segment)
     # The hand shows better in the inverse: its outline, not yet its polarity.
-    hand = Hand(pixels, mask_n, q_n, False, zoomed_n) if _score(q_n) > _score(first.quality) else first
+    hand = Hand(pixels, mask_n, q_n, inverted=False, zoomed=zoomed_n) if _score(q_n) > _score(outline.quality) else outline
     c = hand.contrast
     # Only clear evidence inverts. The U-Net's preference is no evidence: on a bright plate it outlines
     # the hand better in the inverse (tune: 3 wrong inversions of 150 plate/collimation images when it
     # was allowed to settle weak contrasts, against 1 missed low-contrast infant negative of 50 without).
     if c < -CLEAR:
-        return Hand(neg, hand.mask, hand.quality, True, hand.zoomed,
-                    ["bone is darker than soft tissue inside the hand (a negative image); inverted the grey scale"], negative_of=hand)
+        return Hand(neg, hand.mask, hand.quality, inverted=True, zoomed=hand.zoomed,
+                    warnings=["bone is darker than soft tissue inside the hand (a negative image); inverted the grey scale"], negative_of=hand)
     if hand_shape(hand.quality) and not c > CLEAR:
         hand.warnings = [f"could not confirm from the hand that bone is bright (contrast {c:+.2f}); used the grey scale as stored, check the overlay"]
     return hand
