@@ -46,3 +46,17 @@ def test_an_8bit_image_takes_the_lookup_table_path():
     assert _levels(x) is not None and np.array_equal(LEVELS_8BIT[_levels(x)], x)
     for off_grid in (np.random.default_rng(0).random((50, 50), dtype=np.float32), x.astype(np.float64), -x, x + 1e-4):
         assert _levels(off_grid) is None
+
+
+def test_ellipse_dilation_by_rectangles_is_cv2_dilate():
+    # polarity.hand_contrast dilates a distance map by an ellipse as the maximum over its rectangles.
+    from edgeba.polarity import _dilate_ellipse
+
+    rng = np.random.default_rng(5)
+    hand = (rsna_image("1378") > 0.3).astype(np.uint8)[::3, ::3]
+    maps = [cv2.distanceTransform(np.ascontiguousarray(hand), cv2.DIST_L2, 5), rng.random((61, 47), dtype=np.float32),
+            np.where(rng.random((80, 120)) > 0.7, rng.random((80, 120)), 0).astype(np.float32), np.zeros((9, 9), np.float32)]
+    for k in (2, 3, 7, 19, 20, 24):
+        ellipse = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * k + 1, 2 * k + 1))
+        for d in maps:
+            assert np.array_equal(_dilate_ellipse(d, k), cv2.dilate(d, ellipse))  # bit for bit
