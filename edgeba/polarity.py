@@ -14,6 +14,8 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from edgeba.segment import dilate_ellipse
+
 WORK_SIDE = 320  # a finger is ~15 px wide here: enough for a centre line and two flanks
 WINDOW = 0.06  # local thickness is measured over this fraction of the long side (about a finger's width)
 CENTRE, FLANK = 0.85, (0.2, 0.5)  # depth / local thickness of a structure's centre line and of its flanks
@@ -23,24 +25,6 @@ CLEAR = 0.12  # |contrast| (grey levels of the stretched image) that settles the
 def _stretch(x: np.ndarray) -> np.ndarray:
     lo, hi = np.percentile(x, (1, 99))
     return np.clip((x - lo) / max(hi - lo, 1e-6), 0, 1)
-
-
-def _ellipse_rects(k: int) -> list[tuple[int, int]]:
-    """The (2k+1)-px ellipse of cv2.getStructuringElement as a union of centred rectangles (half-height,
-    half-width): for each row width, the band of rows at least that wide."""
-    rows = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * k + 1, 2 * k + 1)).sum(axis=1)
-    return [(int(np.count_nonzero(rows >= 2 * w + 1)) // 2, w) for w in sorted({int(r) // 2 for r in rows if r})]
-
-
-def _dilate_ellipse(x: np.ndarray, k: int) -> np.ndarray:
-    """cv2.dilate(x, ellipse (2k+1)), bit for bit, for x >= 0: the maximum over the ellipse is the largest
-    of the maxima over its rectangles, and OpenCV dilates by a rectangle as two 1-D passes (about 2x
-    faster here than its generic path for a 39 px ellipse, which cost more than the rest of hand_contrast)."""
-    out = None
-    for h, w in _ellipse_rects(k):
-        y = cv2.dilate(x, cv2.getStructuringElement(cv2.MORPH_RECT, (2 * w + 1, 2 * h + 1)))
-        out = y if out is None else np.maximum(out, y, out=out)
-    return out
 
 
 def hand_contrast(pixels: np.ndarray, mask: np.ndarray) -> float:
@@ -56,7 +40,7 @@ def hand_contrast(pixels: np.ndarray, mask: np.ndarray) -> float:
     m = cv2.resize(mask.astype(np.uint8), size, interpolation=cv2.INTER_NEAREST)
     d = cv2.distanceTransform(m, cv2.DIST_L2, 5)
     k = max(2, round(WINDOW * max(size)))
-    local = _dilate_ellipse(d, k)  # the largest distance nearby: the local thickness
+    local = dilate_ellipse(d, k)  # the largest distance nearby: the local thickness
     r = np.where(local >= 2.0, d / np.maximum(local, 1e-6), 0.0)
     centre, flank = r >= CENTRE, (r > FLANK[0]) & (r <= FLANK[1])
     if centre.sum() < 20 or flank.sum() < 20:
