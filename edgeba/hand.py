@@ -56,7 +56,7 @@ class Hand:
     inverted: bool
     zoomed: bool = False
     warnings: list[str] = field(default_factory=list)
-    negative_of: Hand | None = field(default=None, repr=False)  # an inverted hand: the same outline as stored
+    negative_of: Hand | None = field(default=None, repr=False, compare=False)  # an inverted hand: the same outline as stored
 
     @cached_property
     def contrast(self) -> float:
