@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import cv2
 import numpy as np
@@ -53,9 +54,18 @@ class Hand:
     mask: np.ndarray  # uint8 {0,1}, same shape
     quality: MaskQuality
     inverted: bool
-    contrast: float  # core - rim inside the hand, in the returned pixels (> 0: bone bright)
     zoomed: bool = False
     warnings: list[str] = field(default_factory=list)
+    negative_of: Hand | None = field(default=None, repr=False, compare=False)  # an inverted hand: the same outline as stored
+
+    @cached_property
+    def contrast(self) -> float:
+        """Core - rim inside the hand, in `pixels` (> 0: bone bright; NaN: no mask). Measured when first
+        asked: it costs about as much as a U-Net pass, and most candidate outlines are settled without it
+        (a failed QC, a turn that does not point up)."""
+        if self.negative_of is not None:  # measured on the stored grey scale, as the inversion was decided
+            return -self.negative_of.contrast
+        return hand_contrast(self.pixels, self.mask) if self.mask.any() else float("nan")
 
 
 def hand_shape(q: MaskQuality) -> bool:
@@ -134,24 +144,27 @@ def _segment_zoomed(pixels: np.ndarray, segment: Callable[[np.ndarray], np.ndarr
     return full, qs, True
 
 
-def find_hand(pixels: np.ndarray, segment: Callable[[np.ndarray], np.ndarray], polarity_known: bool = False) -> Hand:
+def find_hand(pixels: np.ndarray, segment: Callable[[np.ndarray], np.ndarray], polarity_known: bool = False,
+              outline: Hand | None = None) -> Hand:
     """Mask and polarity of the hand. One U-Net pass when the first mask shows bone clearly bright
-    (almost every radiograph); else the inverse image too, and the contrast inside the better mask decides."""
-    mask, q, zoomed = _segment_zoomed(pixels, segment)
-    c = hand_contrast(pixels, mask) if mask.any() else float("nan")
-    if polarity_known or (q.ok and c > CLEAR):
-        return Hand(pixels, mask, q, False, c, zoomed)
+    (almost every radiograph); else the inverse image too, and the contrast inside the better mask decides.
+    `outline`: what `find_hand(pixels, segment, True)` returned for these very pixels (its pass is reused)."""
+    if outline is None:
+        mask, q, zoomed = _segment_zoomed(pixels, segment)
+        outline = Hand(pixels, mask, q, inverted=False, zoomed=zoomed)
+    if polarity_known or (outline.quality.ok and outline.contrast > CLEAR):
+        return outline
     neg = 1.0 - pixels
     mask_n, q_n, zoomed_n = _segment_zoomed(neg, segment)
-    if _score(q_n) > _score(q):  # the hand shows better in the inverse: its outline, not yet its polarity
-        mask, q, zoomed = mask_n, q_n, zoomed_n
-    c = hand_contrast(pixels, mask) if mask.any() else float("nan")
+    # The hand shows better in the inverse: its outline, not yet its polarity.
+    hand = Hand(pixels, mask_n, q_n, inverted=False, zoomed=zoomed_n) if _score(q_n) > _score(outline.quality) else outline
+    c = hand.contrast
     # Only clear evidence inverts. The U-Net's preference is no evidence: on a bright plate it outlines
     # the hand better in the inverse (tune: 3 wrong inversions of 150 plate/collimation images when it
     # was allowed to settle weak contrasts, against 1 missed low-contrast infant negative of 50 without).
     if c < -CLEAR:
-        return Hand(neg, mask, q, True, -c, zoomed, ["bone is darker than soft tissue inside the hand (a negative image); inverted the grey scale"])
-    warn = []
-    if hand_shape(q) and not c > CLEAR:
-        warn = [f"could not confirm from the hand that bone is bright (contrast {c:+.2f}); used the grey scale as stored, check the overlay"]
-    return Hand(pixels, mask, q, False, c, zoomed, warn)
+        return Hand(neg, hand.mask, hand.quality, inverted=True, zoomed=hand.zoomed,
+                    warnings=["bone is darker than soft tissue inside the hand (a negative image); inverted the grey scale"], negative_of=hand)
+    if hand_shape(hand.quality) and not c > CLEAR:
+        hand.warnings = [f"could not confirm from the hand that bone is bright (contrast {c:+.2f}); used the grey scale as stored, check the overlay"]
+    return hand

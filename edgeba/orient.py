@@ -65,8 +65,8 @@ def find_upright_hand(pixels: np.ndarray, segment: Callable[[np.ndarray], np.nda
     (np.rot90; 0 = as stored). The returned Hand's pixels and mask are in the turned frame.
 
     The other turns are segmented in the grey scale the stored image's pass settled on (one U-Net
-    pass each, no inverse pass); a turned winner is segmented once more from the stored pixels so
-    that its polarity is decided from its own, upright outline."""
+    pass each, no inverse pass); a turned winner's polarity is then decided from its own, upright
+    outline (segmented once more from the stored pixels when the stored image's pass inverted them)."""
     first = find_hand(pixels, segment, polarity_known)
     hands = {0: first, 2: find_hand(_turn(first.pixels, 2), segment, True)}
     ranks = {k: _rank(h) for k, h in hands.items()}  # each outline judged once (upright_angle is not free)
@@ -83,6 +83,9 @@ def find_upright_hand(pixels: np.ndarray, segment: Callable[[np.ndarray], np.nda
             turns = k
     if turns == 0:
         return first, 0
-    hand = find_hand(_turn(pixels, turns), segment, polarity_known)
+    if first.inverted:
+        hand = find_hand(_turn(pixels, turns), segment, polarity_known)
+    else:  # the candidate's pixels are the stored ones turned: its pass stands, only the polarity is left
+        hand = find_hand(hands[turns].pixels, segment, polarity_known, outline=hands[turns])
     # The polarity pass may outline something else; a turn needs an upright hand in the end too.
-    return (hand, turns) if _turnable(hand, upright(hand)) else (first, 0)
+    return (hand, turns) if _turnable(hand, ranks[turns][0] if hand is hands[turns] else upright(hand)) else (first, 0)

@@ -14,6 +14,8 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from edgeba.segment import dilate_ellipse
+
 WORK_SIDE = 320  # a finger is ~15 px wide here: enough for a centre line and two flanks
 WINDOW = 0.06  # local thickness is measured over this fraction of the long side (about a finger's width)
 CENTRE, FLANK = 0.85, (0.2, 0.5)  # depth / local thickness of a structure's centre line and of its flanks
@@ -34,11 +36,11 @@ def hand_contrast(pixels: np.ndarray, mask: np.ndarray) -> float:
     h, w = pixels.shape
     s = min(1.0, WORK_SIDE / max(h, w))
     size = (max(1, round(w * s)), max(1, round(h * s)))
-    img = _stretch(cv2.resize(pixels.astype(np.float32), size, interpolation=cv2.INTER_AREA))
+    img = _stretch(cv2.resize(pixels.astype(np.float32, copy=False), size, interpolation=cv2.INTER_AREA))
     m = cv2.resize(mask.astype(np.uint8), size, interpolation=cv2.INTER_NEAREST)
     d = cv2.distanceTransform(m, cv2.DIST_L2, 5)
     k = max(2, round(WINDOW * max(size)))
-    local = cv2.dilate(d, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * k + 1, 2 * k + 1)))
+    local = dilate_ellipse(d, k)  # the largest distance nearby: the local thickness
     r = np.where(local >= 2.0, d / np.maximum(local, 1e-6), 0.0)
     centre, flank = r >= CENTRE, (r > FLANK[0]) & (r <= FLANK[1])
     if centre.sum() < 20 or flank.sum() < 20:

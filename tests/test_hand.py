@@ -57,6 +57,15 @@ def test_a_negative_is_inverted_and_scored_like_the_original(predictor, tmp_path
     assert abs(neg.bone_age_months - pos.bone_age_months) < 1.5
 
 
+@pytest.mark.parametrize("case_id", CLEAR_IDS)
+def test_a_hands_contrast_is_measured_on_the_grey_scale_as_stored(predictor, case_id):
+    # Hand.contrast is measured when first read; an inverted hand's is the stored image's, negated.
+    img = _grey(case_id)
+    pos, neg = find_hand(img, predictor._segment), find_hand(1.0 - img, predictor._segment)
+    assert not pos.inverted and pos.contrast == hand_contrast(img, pos.mask) > CLEAR
+    assert neg.inverted and neg.contrast == -hand_contrast(1.0 - img, neg.mask) > CLEAR
+
+
 def test_a_low_contrast_negative_is_kept_but_never_silently(predictor, tmp_path):
     # Too little evidence to invert: flipping a real positive on a bright plate would be worse (hand.py).
     neg = predictor.predict(_png(tmp_path / "neg.png", 1.0 - _grey(IDS[2])), "female")

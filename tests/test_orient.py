@@ -4,6 +4,7 @@ radiograph is never turned."""
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import cv2
@@ -12,7 +13,9 @@ import pytest
 from rsna import rsna_image
 from runtime_fixtures import *  # noqa: F401,F403
 
+from edgeba.hand import find_hand
 from edgeba.manifest import DEFAULT_DIR
+from edgeba.orient import find_upright_hand
 from edgeba.predictor import Predictor
 
 # Train radiographs whose U-Net mask on a quarter-turned copy is partial (a wrist or a few fingers)
@@ -42,3 +45,22 @@ def test_a_quarter_turned_radiograph_gets_the_upright_estimate(predictor, tmp_pa
         assert turned.mask_quality["metrics"]["turned_degrees"] == 90 * (4 - k)
         assert any(f"turned the image {90 * (4 - k)} degrees" in w for w in turned.warnings)
         assert abs(turned.bone_age_months - upright.bone_age_months) < 1e-3
+
+
+def test_a_turned_winner_keeps_its_candidate_pass(predictor):
+    # orient.py decides a turned winner's polarity from the candidate it already segmented (the same
+    # pixels, turned) instead of a fresh pass: the Hand must be the one a fresh find_hand gives.
+    stored = np.ascontiguousarray(np.rot90(rsna_image(IDS[0]), 1))
+    calls = []
+
+    def segment(pixels):
+        calls.append(hashlib.sha1(pixels.tobytes()).hexdigest() + str(pixels.shape))
+        return predictor._segment(pixels)
+
+    hand, turns = find_upright_hand(stored, segment)
+    assert turns == 3
+    fresh = find_hand(np.ascontiguousarray(np.rot90(stored, turns)), predictor._segment)
+    assert np.array_equal(hand.pixels, fresh.pixels) and np.array_equal(hand.mask, fresh.mask)
+    assert (hand.quality, hand.inverted, hand.zoomed, hand.warnings) == (fresh.quality, fresh.inverted, fresh.zoomed, fresh.warnings)
+    assert hand.contrast == fresh.contrast
+    assert len(calls) == len(set(calls))  # no pass repeated on the same pixels

@@ -46,3 +46,34 @@ def test_an_8bit_image_takes_the_lookup_table_path():
     assert _levels(x) is not None and np.array_equal(LEVELS_8BIT[_levels(x)], x)
     for off_grid in (np.random.default_rng(0).random((50, 50), dtype=np.float32), x.astype(np.float64), -x, x + 1e-4):
         assert _levels(off_grid) is None
+
+
+def test_ellipse_dilation_by_rectangles_is_cv2_dilate():
+    # polarity.hand_contrast (a distance map) and reframe (a mask) dilate by an ellipse as the maximum
+    # over its rectangles.
+    from edgeba.segment import dilate_ellipse
+
+    rng = np.random.default_rng(5)
+    hand = (rsna_image("1378") > 0.3).astype(np.uint8)[::3, ::3]
+    maps = [cv2.distanceTransform(np.ascontiguousarray(hand), cv2.DIST_L2, 5), rng.random((61, 47), dtype=np.float32),
+            np.where(rng.random((80, 120)) > 0.7, rng.random((80, 120)), 0).astype(np.float32), np.zeros((9, 9), np.float32), hand, rng.normal(size=(50, 70)).astype(np.float32)]
+    for k in (1, 2, 3, 7, 19, 20, 24, 51):
+        ellipse = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * k + 1, 2 * k + 1))
+        for d in maps:
+            assert np.array_equal(dilate_ellipse(d, k), cv2.dilate(d, ellipse))  # bit for bit
+
+
+def test_the_band_around_a_hand_is_dilated_near_it_only():
+    # reframe._surround_level dilates only the mask's box plus the band width: the same median as
+    # dilating the whole image, for a hand-sized mask and for a small one in the middle of a plate.
+    from edgeba.reframe import _surround_level
+
+    img = rsna_image("1378")
+    whole = (img > 0.4).astype(np.uint8)
+    small = np.zeros_like(whole)
+    small[300:500, 200:400] = whole[300:500, 200:400]
+    for mask in (whole, small, np.pad(np.ones((40, 30), np.uint8), ((0, img.shape[0] - 40), (img.shape[1] - 30, 0)))):
+        ys, xs = np.nonzero(mask)
+        k = max(3, round(0.05 * max(ys.max() - ys.min(), xs.max() - xs.min())))
+        band = cv2.dilate(mask, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * k + 1, 2 * k + 1))) > mask
+        assert _surround_level(img, mask, ys, xs) == float(np.median(img[band]))
