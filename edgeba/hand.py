@@ -94,7 +94,7 @@ def detail(pixels: np.ndarray, mask: np.ndarray) -> float:
     h, w = pixels.shape
     s = min(1.0, DETAIL_SIDE / max(h, w))
     size = (max(1, round(w * s)), max(1, round(h * s)))
-    img = cv2.resize(pixels.astype(np.float32), size, interpolation=cv2.INTER_AREA)
+    img = cv2.resize(pixels.astype(np.float64), size, interpolation=cv2.INTER_AREA)  # float64: the same on every CPU
     m = cv2.resize(mask.astype(np.uint8), size, interpolation=cv2.INTER_NEAREST) > 0
     if m.sum() < 50:
         return 0.0

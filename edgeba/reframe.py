@@ -87,8 +87,9 @@ def reframe(pixels: np.ndarray, mask: np.ndarray) -> Reframed | None:
     m = rot.copy()
     m[:, 2] -= (left, top)
     size = (max(1, round(frame_w)), max(1, round(frame_h)))
-    out = cv2.warpAffine(pixels.astype(np.float32), m, size, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
-                         borderValue=fill)
+    # float64 resampling, then float32: the same pixels on every CPU (see segment.unet_input)
+    out = cv2.warpAffine(pixels.astype(np.float64), m, size, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
+                         borderValue=fill).astype(np.float32)
     out_mask = cv2.warpAffine(mask.astype(np.uint8), m, size, flags=cv2.INTER_NEAREST, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
     why = " and ".join(([f"the hand spans {height:.0%} of the image height"] if small else [])
                        + ([f"it is tilted {tilt:+.0f} degrees"] if tilted else []))

@@ -75,7 +75,7 @@ def dilate_ellipse(x: np.ndarray, k: int) -> np.ndarray:
 
 def _resize_mask(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     """Upsample through a linear float resize so edges come out smooth, not blocky."""
-    big = cv2.resize(mask.astype(np.float32), (shape[1], shape[0]), interpolation=cv2.INTER_LINEAR)
+    big = cv2.resize(mask.astype(np.float64), (shape[1], shape[0]), interpolation=cv2.INTER_LINEAR)
     return (big >= 0.5).view(np.uint8)
 
 
@@ -171,7 +171,9 @@ def unet_input(pixels: np.ndarray, size: int) -> tuple[np.ndarray, Letterbox]:
     h, w = pixels.shape
     s = size / max(h, w)
     nh, nw = max(1, round(h * s)), max(1, round(w * s))
-    small = cv2.resize(_stretch(pixels.astype(np.float32, copy=False)), (nw, nh), interpolation=cv2.INTER_AREA)
+    # Resampled in float64 (then float32): OpenCV's float32 paths round differently on x86 and ARM, and the
+    # U-Net's decisions (a turn, a zoom) can hinge on a pixel (benchmarks/README.md, "Same months on aarch64?").
+    small = cv2.resize(_stretch(pixels.astype(np.float32, copy=False)).astype(np.float64), (nw, nh), interpolation=cv2.INTER_AREA).astype(np.float32)
     top, left = (size - nh) // 2, (size - nw) // 2
     x = np.zeros((size, size), np.float32)
     x[top : top + nh, left : left + nw] = small
@@ -180,7 +182,7 @@ def unet_input(pixels: np.ndarray, size: int) -> tuple[np.ndarray, Letterbox]:
 
 def mask_from_prob(prob: np.ndarray, letterbox: Letterbox, shape: tuple[int, int], threshold: float = 0.5) -> np.ndarray:
     """Full-resolution uint8 {0,1} mask from a U-Net probability map (any of (U,U), (1,U,U,1))."""
-    p = np.squeeze(np.asarray(prob, np.float32))
+    p = np.squeeze(np.asarray(prob, np.float64))  # float64 resampling: the same threshold crossings on every CPU
     lb = letterbox
     p = p[lb.top : lb.top + lb.height, lb.left : lb.left + lb.width]
     # Clean up at MASK_WORK_SIDE, not at full resolution: the U-Net's mask has no detail finer than a
