@@ -26,20 +26,28 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from edgeba.segment import dilate_ellipse
+
+WORK_SIDE = 512  # bright_surround is a fraction of the film: measured on the image at this long side
 
 
 def bright_surround(pixels: np.ndarray, mask: np.ndarray) -> float:
-    """Fraction of the film clear of the hand that is brighter than the hand's median (0 when none)."""
+    """Fraction of the film clear of the hand that is brighter than the hand's median (0 when none).
+    Measured at WORK_SIDE: a dilation by 5 % of the hand at full resolution took 50 s on a 28-megapixel
+    scan. At 512 px the flag agrees with the full-resolution one on 358 of 359 train and tune variants (clean,
+    bright plate, collimation; the other, a bright plate at 0.17, is flagged at 0.26)."""
     if not mask.any():
         return 0.0
+    h, w = mask.shape
+    s = min(1.0, WORK_SIDE / max(h, w))
+    if s < 1.0:
+        size = (max(1, round(w * s)), max(1, round(h * s)))
+        pixels = cv2.resize(pixels.astype(np.float64), size, interpolation=cv2.INTER_AREA)  # float64: the same on every CPU
+        mask = cv2.resize(mask.astype(np.uint8), size, interpolation=cv2.INTER_NEAREST)
+        if not mask.any():
+            return 0.0
     ys, xs = np.nonzero(mask)
     k = max(3, round(0.05 * max(int(np.ptp(ys)), int(np.ptp(xs)))))
-    # The grown outline lies within k px of the mask's box: dilate only there (same result, faster).
-    y0, x0 = max(0, ys.min() - k), max(0, xs.min() - k)
-    y1, x1 = min(mask.shape[0], ys.max() + k + 1), min(mask.shape[1], xs.max() + k + 1)
-    grown = np.zeros(mask.shape, np.uint8)
-    grown[y0:y1, x0:x1] = dilate_ellipse(mask[y0:y1, x0:x1].astype(np.uint8), k)
+    grown = cv2.dilate(mask.astype(np.uint8), cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * k + 1, 2 * k + 1)))
     film = pixels[grown == 0]
     return float(np.mean(film > np.median(pixels[mask > 0]))) if film.size else 0.0
 
