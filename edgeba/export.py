@@ -101,7 +101,7 @@ def input_specs(model) -> list[tuple[str, tuple[int, ...]]]:
 
     The image is the 4-D input, the sex the 2-D one, whatever the builder named its layers; a model
     with several images (an ensemble over differently preprocessed inputs) keeps its inputs' names,
-    which the manifest's preprocessing uses (Manifest.input_preprocess).
+    which the manifest's preprocessing uses (preprocess.input_configs).
     """
     images = sum(len(t.shape) == 4 for t in model.inputs)
     specs = []
@@ -406,17 +406,17 @@ def calibration_cases(seed: int = CALIB_SEED):
 def calibration_feeds(unet, inputs: dict, sex_input: bool, n: int = N_CALIB) -> tuple[list[dict], list[dict], dict]:
     """(U-Net feeds, regressor feeds, description) of n training images, exactly as `edgeba predict` makes them.
 
-    `inputs`: {input name: PreprocessConfig} (Manifest.input_preprocess). The regressor inputs use the
+    `inputs`: {input name: PreprocessConfig} (preprocess.input_configs). The regressor inputs use the
     float U-Net's own mask (the runtime's path; no mask cache needed). When an input crops to the hand,
     images whose mask fails the QC are skipped, as the runtime refuses them.
     """
     from edgeba.io import load_image
-    from edgeba.preprocess import regressor_feeds
+    from edgeba.preprocess import crops_to_hand, regressor_feeds
     from edgeba.quality import mask_quality
     from edgeba.segment import mask_from_prob, unet_input
 
     unet_size = inputs["image"].unet_size
-    crops = any(c.segment for c in inputs.values())
+    crops = crops_to_hand(inputs)
     seg, reg, used, skipped = [], [], [], 0
     for c in calibration_cases():
         if len(reg) == n:
@@ -497,10 +497,9 @@ def main(unet: str | os.PathLike, regressor: str | os.PathLike, out: str | os.Pa
     r = keras.models.load_model(regressor, compile=False)
     reg_specs = {n: list(shape) for n, shape in input_specs(r)}
     sex_input = "sex" in reg_specs
-    from edgeba.preprocess import PreprocessConfig
+    from edgeba.preprocess import input_configs
 
-    inputs = {k: PreprocessConfig.from_dict({**v, "unet_size": unet_size})
-              for k, v in {"image": run["preprocess"], **run.get("extra_inputs", {})}.items()}
+    inputs = input_configs(run, unet_size=unet_size)
     cfg = inputs["image"]
     if set(inputs) != set(reg_specs) - {"sex"}:
         raise ValueError(f"regressor image inputs {sorted(set(reg_specs) - {'sex'})} differ from the run's preprocessed inputs {sorted(inputs)}")
@@ -587,13 +586,13 @@ def parity(model_dir: str | os.PathLike, split: str = "val", limit: int | None =
     from edgeba.dataset import split_cases
     from edgeba.io import load_image
     from edgeba.manifest import load_manifest as load_model_manifest
-    from edgeba.preprocess import PreprocessConfig, regressor_feeds
+    from edgeba.preprocess import crops_to_hand, input_configs, regressor_feeds
     from edgeba.segment import mask_from_prob, unet_input
 
     m = load_model_manifest(model_dir)
-    cfg = PreprocessConfig.from_dict(m.preprocess)
-    inputs = {k: PreprocessConfig.from_dict(v) for k, v in m.input_preprocess.items()}
-    crops = any(c.segment for c in inputs.values())
+    inputs = input_configs(m.data)
+    cfg = inputs["image"]
+    crops = crops_to_hand(inputs)
     tta = bool(m.data.get("tta", False))
     stages = ("segment", "regress") if m.segments else ("regress",)
     wanted = set(formats or FORMATS) | {"keras"}

@@ -49,12 +49,6 @@ class Manifest:
         return dict(self.data.get("preprocess", {}))
 
     @property
-    def input_preprocess(self) -> dict[str, dict]:
-        """Each regressor image input's preprocessing: `image` (`preprocess`), then any `extra_inputs`
-        of a model that sees the radiograph in several ways (an ensemble; edgeba/preprocess.py)."""
-        return {"image": self.preprocess, **{k: dict(v) for k, v in (self.data.get("extra_inputs") or {}).items()}}
-
-    @property
     def target(self) -> tuple[float, float]:
         t = self.data.get("target") or {}
         try:
@@ -73,7 +67,9 @@ class Manifest:
     def segments(self) -> bool:
         """Whether the model runs a U-Net stage (it crops to the hand, or at least gates the input).
         A model that crops needs one: opening its missing stage is then a clear ModelError."""
-        return bool(self.formats("segment")) or any(p.get("segment", True) for p in self.input_preprocess.values())
+        from edgeba.preprocess import crops_to_hand, input_configs
+
+        return bool(self.formats("segment")) or crops_to_hand(input_configs(self.data))
 
     def formats(self, stage: str) -> list[str]:
         return [f for f in FORMATS if f in (self.data.get("stages", {}).get(stage) or {})]

@@ -20,7 +20,7 @@ from edgeba.hand import MIN_DETAIL, detail, is_hand, texture
 from edgeba.io import Radiograph, load_image
 from edgeba.manifest import load_manifest
 from edgeba.orient import find_upright_hand
-from edgeba.preprocess import PreprocessConfig, regressor_feeds
+from edgeba.preprocess import crops_to_hand, input_configs, regressor_feeds
 from edgeba.reframe import reframe
 from edgeba.segment import mask_from_prob, unet_input
 
@@ -83,9 +83,9 @@ class Predictor:
         self.manifest = load_manifest(model_dir)
         self.backend = choose(self.manifest, backend, images)
         self.threads = threads or default_threads()
-        self.cfg = PreprocessConfig.from_dict(self.manifest.preprocess)  # the `image` input's; its unet_size is the U-Net's
-        self.inputs = {k: PreprocessConfig.from_dict(v) for k, v in self.manifest.input_preprocess.items()}
-        self.crops = any(c.segment for c in self.inputs.values())  # some input is the U-Net's hand crop
+        self.inputs = input_configs(self.manifest.data)
+        self.cfg = self.inputs["image"]  # its unet_size is the U-Net's
+        self.crops = crops_to_hand(self.inputs)
         self.crop_margin = next((c.margin for c in self.inputs.values() if c.segment), self.cfg.margin)  # for the overlay
         self.target = self.manifest.target
         # Test-time augmentation: the mean over the fixed views of edgeba.preprocess.TTA_VIEWS, when the
@@ -144,10 +144,6 @@ class Predictor:
             quality = {"ok": bool(q.ok), "reasons": list(q.reasons), "metrics": q.metrics | {"zoomed": hand.zoomed, "turned_degrees": 90 * turns, "bone_contrast": round(hand.contrast, 3) if np.isfinite(hand.contrast) else None}}
             structure = detail(rad.pixels, mask)
             quality["metrics"]["detail"] = round(structure, 4)
-            measured = conditions.measure(rad.pixels, mask)
-            quality["metrics"] |= {k: round(v, 4) for k, v in measured.items()}
-            flags = conditions.flagged(measured)
-            warnings += [c.warning.format(value=measured[c.name]) for c in flags]
             why = "; ".join(q.reasons + (["no bone structure inside the outline"] if structure < MIN_DETAIL else [])) or "mask failed the quality checks"
             if not is_hand(q, hand.contrast, texture(rad.pixels, mask), structure):
                 if not force or not mask.any():
@@ -157,6 +153,11 @@ class Predictor:
                 # A real hand is scored however it is framed; a poor outline is the reader's to check.
                 where = "the model crops to it" if self.crops else "the model does not crop to it"
                 warnings.append(f"hand mask failed quality checks ({why}); {where}, check the overlay")
+            # Measured once the image is to be scored (a refusal needs none of it): noise costs a full-resolution pass.
+            measured = conditions.measure(rad.pixels, mask)
+            quality["metrics"] |= {k: round(v, 4) for k, v in measured.items()}
+            flags = conditions.flagged(measured)
+            warnings += [c.warning.format(value=measured[c.name]) for c in flags]
         else:
             warnings.append("this model has no segmentation stage: nothing checked that the image shows a hand")
 

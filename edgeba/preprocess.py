@@ -4,7 +4,7 @@ Training, export calibration and every runtime backend call `regressor_input` (t
 `regressor_feeds` at runtime); the parameters travel in each model's manifest (`PreprocessConfig.to_dict`)
 so a model cannot be fed differently from how it was trained. A regressor may take several images,
 each preprocessed its own way (an ensemble of a whole-radiograph and a hand-crop network): the
-manifest names them (`Manifest.input_preprocess`), the first is always `image`.
+manifest (or the training run's config) names them (`input_configs`), the first is always `image`.
 """
 
 from __future__ import annotations
@@ -33,6 +33,19 @@ class PreprocessConfig:
     def from_dict(cls, d: dict) -> "PreprocessConfig":
         names = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in names})
+
+
+def input_configs(data: dict, **override) -> dict[str, PreprocessConfig]:
+    """Each regressor image input's preprocessing, from a manifest's data or a training run's config:
+    `image` (`preprocess`), then any `extra_inputs` of a model that sees the radiograph in several ways.
+    `override` sets fields of every one (export: the U-Net's size)."""
+    given = {"image": data.get("preprocess", {}), **(data.get("extra_inputs") or {})}
+    return {k: PreprocessConfig.from_dict({**v, **override}) for k, v in given.items()}
+
+
+def crops_to_hand(inputs: dict[str, PreprocessConfig]) -> bool:
+    """Whether some input is the U-Net's hand crop (the model then needs a mask that passed QC to be trusted)."""
+    return any(c.segment for c in inputs.values())
 
 
 def crop_stage(pixels: np.ndarray, mask: np.ndarray | None, cfg: PreprocessConfig) -> np.ndarray:

@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from edgeba import dataset, interval, stress
-from edgeba.conditions import CONDITIONS
+from edgeba.conditions import CONDITIONS, flagged
 from edgeba.errors import EdgebaError
 from edgeba.manifest import DEFAULT_DIR
 from edgeba.predictor import Predictor
@@ -88,7 +88,7 @@ def measure_conditions(model_dir: Path, split: str, backend: str) -> dict[str, t
                     finally:
                         path.unlink(missing_ok=True)
                     rows, unflagged = out[c.name]
-                    if p.mask_quality["metrics"].get(c.name, 0.0) > c.threshold:
+                    if c in flagged(p.mask_quality["metrics"]):
                         rows.append(_row(case, p))
                     else:
                         out[c.name] = (rows, unflagged + 1)

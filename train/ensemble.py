@@ -34,11 +34,10 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from edgeba import dataset, metrics
 from edgeba.preprocess import PreprocessConfig
 from edgeba.training.crops import load_crop_cache
 from edgeba.training.nets import average_regressors, count_macs
-from edgeba.training.regressor import RegressorConfig, write_metrics
+from edgeba.training.regressor import RegressorConfig, split_metrics, write_metrics
 from edgeba.training.report import fit_splits
 
 
@@ -102,12 +101,17 @@ def main(argv=None) -> dict:
     (a.run_dir / "config.json").write_text(json.dumps({**cfg.to_dict(), "target": target, **how, "cache": str(a.cache)}, indent=2))
     cache = load_crop_cache(a.cache)
     member_metrics = [json.loads((r / "metrics.json").read_text()) for r in a.members]
-    fitted = sorted({s for m in member_metrics for s in fit_splits(m)}, key=["train", "tune"].index)
+    fitted = fitted_splits(member_metrics)
     result = write_metrics(model, cache, cfg, target, a.run_dir, max(m["n_train"] for m in member_metrics),
                            max(m["n_tune"] for m in member_metrics), fit_splits=fitted, **how)
     # val is in metrics.json, for reporting only; members that fitted tune make the tune number in-sample
     print(json.dumps({("fitted_tune_mae" if "tune" in fitted else "tune_mae"): result["tune"]["plain"]["mae"]}))
     return result
+
+
+def fitted_splits(member_metrics: list[dict]) -> list[str]:
+    """The splits any member was fitted on (tune among them: the ensemble's tune number is in-sample)."""
+    return sorted({s for m in member_metrics for s in fit_splits(m)}, key=["train", "tune"].index)
 
 
 def _predictions(path: Path) -> dict[str, tuple[float, int, float]]:
@@ -134,7 +138,7 @@ def mixed_ensemble(runs: list[Path], names: list[str], run_dir: Path, argv) -> d
     (run_dir / "config.json").write_text(json.dumps(config, indent=2))
     member_metrics = [json.loads((r / "metrics.json").read_text()) for r in runs]
     result = {**how, "metrics_from": "mean of the members' predictions_<split>[_tta].csv",
-              "fit_splits": sorted({s for m in member_metrics for s in fit_splits(m)}, key=["train", "tune"].index),
+              "fit_splits": fitted_splits(member_metrics),
               "params": int(model.count_params()), "gmac": round(count_macs(model) / 1e9, 4),
               "n_train": max(m["n_train"] for m in member_metrics), "n_tune": max(m["n_tune"] for m in member_metrics)}
     for split in ("tune", "val"):
@@ -144,12 +148,7 @@ def mixed_ensemble(runs: list[Path], names: list[str], run_dir: Path, argv) -> d
             ids = [i for i in files[0] if all(i in f for f in files)]
             true = np.array([files[0][i][0] for i in ids])
             pred = np.mean([[f[i][2] for i in ids] for f in files], axis=0)
-            m = metrics.all_metrics(true, pred)
-            m["mae_ci95"] = list(metrics.mae_interval(true, pred))
-            male = np.array([files[0][i][1] for i in ids])
-            m["mae_by_sex"] = {("male" if k else "female"): v for k, v in metrics.mae_by_group(true, pred, male).items()}
-            m["mae_by_age_band"] = {dataset.AGE_BAND_NAMES[k]: v for k, v in metrics.mae_by_group(true, pred, [dataset.age_bin(x) for x in true]).items()}
-            result[split][key] = m
+            result[split][key] = split_metrics(true, pred, np.array([files[0][i][1] for i in ids]))
             with open(run_dir / f"predictions_{split}{suffix}.csv", "w", newline="") as f:
                 w = csv.writer(f)
                 w.writerow(["id", "boneage_months", "male", "predicted_months"])
