@@ -86,10 +86,10 @@ def rotate(img: np.ndarray, deg: float) -> np.ndarray:
     return cv2.warpAffine(img, m, (nw, nh), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=_border_level(img))
 
 
-def small_on_plate(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """The radiograph at 30-60 % of a larger plate's side, anywhere on it; the plate at most 2048 px."""
+def small_on_plate(img: np.ndarray, rng: np.random.Generator, scales: tuple[float, float] = (0.3, 0.6)) -> np.ndarray:
+    """The radiograph at 30-60 % (`scales`) of a larger plate's side, anywhere on it; the plate at most 2048 px."""
     h, w = img.shape
-    s = rng.uniform(0.3, 0.6)
+    s = rng.uniform(*scales)
     H, W = int(h / s), int(w / s)
     fit = min(1.0, 2048 / max(H, W))
     H, W = int(H * fit), int(W * fit)
@@ -108,20 +108,22 @@ def tight_crop(img: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> n
     return img[max(0, int(y0 - my)) : min(h, int(y1 + my)), max(0, int(x0 - mx)) : min(w, int(x1 + mx))].copy()
 
 
-def bright_plate(img: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """The hand on a bright plate: the background replaced by 60-90 % grey, a soft edge at the skin."""
+def bright_plate(img: np.ndarray, mask: np.ndarray, rng: np.random.Generator,
+                 levels: tuple[float, float] = (0.6, 0.9)) -> np.ndarray:
+    """The hand on a bright plate: the background replaced by 60-90 % grey (`levels`), a soft edge at the skin."""
     side = max(img.shape)
     r = max(1, int(0.006 * side))  # masks run a little outside the skin: blend at the skin itself
     skin = cv2.erode(mask.astype(np.uint8), cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1)))
     soft = cv2.GaussianBlur(skin.astype(np.float32), (0, 0), 0.003 * side)
-    return (soft * img + (1 - soft) * _film(img.shape, rng.uniform(0.6, 0.9), rng)).astype(np.float32)
+    return (soft * img + (1 - soft) * _film(img.shape, rng.uniform(*levels), rng)).astype(np.float32)
 
 
-def collimation(img: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """A collimated field: outside it (5-20 % of the side on each side) the film is 60-90 % grey."""
+def collimation(img: np.ndarray, mask: np.ndarray, rng: np.random.Generator, levels: tuple[float, float] = (0.6, 0.9),
+                margins: tuple[float, float] = (0.05, 0.2)) -> np.ndarray:
+    """A collimated field: outside it (5-20 % of the side on each side, `margins`) the film is 60-90 % grey (`levels`)."""
     h, w = img.shape
-    t, b, l, r = (int(rng.uniform(0.05, 0.2) * s) for s in (h, h, w, w))
-    out = _film((h + t + b, w + l + r), rng.uniform(0.6, 0.9), rng)
+    t, b, l, r = (int(rng.uniform(*margins) * s) for s in (h, h, w, w))
+    out = _film((h + t + b, w + l + r), rng.uniform(*levels), rng)
     field = np.zeros(out.shape, np.float32)
     field[t : t + h, l : l + w] = 1.0
     field = cv2.GaussianBlur(field, (0, 0), 0.002 * max(h, w))  # the collimator's penumbra
@@ -168,8 +170,10 @@ def markers(img: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> np.n
     return np.maximum(img, ink.astype(np.float32) / 255.0 * float(rng.uniform(0.85, 1.0)))
 
 
-def _noise(img, rng):
-    return np.clip(img + rng.normal(0, 0.04, img.shape), 0, 1).astype(np.float32)
+def noise(img: np.ndarray, rng: np.random.Generator, sigmas: tuple[float, float] = (0.04, 0.04)) -> np.ndarray:
+    """Gaussian sensor noise of a standard deviation drawn from `sigmas` (grey levels in [0, 1])."""
+    sigma = sigmas[0] if sigmas[0] == sigmas[1] else rng.uniform(*sigmas)  # the suite's fixed 0.04 draws nothing
+    return np.clip(img + rng.normal(0, sigma, img.shape), 0, 1).astype(np.float32)
 
 
 def _lowres(img, rng):
@@ -192,7 +196,7 @@ TRANSFORMS: dict[str, tuple[Transform, str, bool]] = {
     "inverted": (lambda i, m, r: 1.0 - i, ".png", True),
     "gamma0.6": (lambda i, m, r: i**0.6, ".png", False),
     "gamma1.6": (lambda i, m, r: i**1.6, ".png", False),
-    "noise": (lambda i, m, r: _noise(i, r), ".png", False),
+    "noise": (lambda i, m, r: noise(i, r), ".png", False),
     "jpeg_q30": (lambda i, m, r: i, ".jpg", False),
     "lowres400": (lambda i, m, r: _lowres(i, r), ".png", False),
     "markers_text": (markers, ".png", False),

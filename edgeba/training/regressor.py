@@ -224,11 +224,12 @@ def write_predictions(path: Path, cache: dict, sel: np.ndarray, pred: np.ndarray
 
 
 def load_mix_pool(cfg: RegressorConfig, target: dict) -> tuple:
-    """(crops, male, normalised target) of the mix cache's train images, for CropBatches(mix=...).
-    Only its train ids: a low-res cache holds no val ids, and its tune ids stay unseen."""
+    """(crops, male, normalised target) of the mix cache's images of the fitted splits, for CropBatches(mix=...).
+    Its train ids, plus its tune ids in a final fit (--fit-tune): tune stays unseen whenever it selects.
+    Val ids never (a low-res cache holds none; an acquisition cache draws none)."""
     mc = load_crop_cache(Path(cfg.mix_cache))
     check_geometry(mc, cfg.preprocess, "mix cache")
-    mt = mc["split"] == "train"
+    mt = np.isin(mc["split"], ("train", "tune") if cfg.fit_tune else ("train",))
     return mc["crops"][mt], mc["male"][mt], (mc["age"][mt] - target["mean"]) / target["std"]
 
 
