@@ -38,6 +38,8 @@ def train_command(run: Path, conf: dict) -> str:
         flags.append(f"--soft-targets {conf['soft_targets']} --soft-weight {conf['soft_weight']:g}")
     if conf.get("fit_tune"):
         flags.append("--fit-tune")
+    if conf.get("keep_last"):
+        flags.append("--keep-last")
     if conf.get("time_budget_s"):
         flags.append(f"--time-budget {conf['time_budget_s']:g}")
     if conf.get("init_from"):

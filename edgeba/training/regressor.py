@@ -53,6 +53,9 @@ class RegressorConfig:
     # Final fit: also fit the tune images (the recipe was chosen on tune before); no epoch selection,
     # the last epoch is kept, and tune metrics are in-sample (metrics.json says so).
     fit_tune: bool = False
+    # Keep the last epoch although tune is held out: the train-only twin of a final fit (which keeps its
+    # last epoch) is then measured on tune without having been chosen there.
+    keep_last: bool = False
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -272,14 +275,14 @@ def train(cache_path: Path, run_dir: Path, cfg: RegressorConfig, workers: int = 
         keras.callbacks.ModelCheckpoint(str(run_dir / "snapshots" / "epoch{epoch:03d}.weights.h5"), save_weights_only=True),
         TimeBudget(cfg.time_budget_s),
     ]
-    if tune_data is not None:  # select the epoch on tune
+    if tune_data is not None and not cfg.keep_last:  # select the epoch on tune
         callbacks += [keras.callbacks.ModelCheckpoint(str(run_dir / "best.keras"), monitor="val_mae", save_best_only=True),
                       keras.callbacks.EarlyStopping(monitor="val_mae", patience=cfg.patience)]
     t0 = time.time()
     model.fit(train_data, validation_data=tune_data, epochs=cfg.epochs, callbacks=callbacks, verbose=2)
     train_s = time.time() - t0
 
-    best = keras.models.load_model(run_dir / "best.keras") if tune_data is not None else model
+    best = keras.models.load_model(run_dir / "best.keras") if tune_data is not None and not cfg.keep_last else model
     # Ship the weights without optimizer state (a third of the size): an uncompiled twin.
     shipped = build_regressor(cfg.variant, cfg.preprocess.input_size, cfg.sex_input, cfg.dropout)
     shipped.set_weights(best.get_weights())
@@ -332,6 +335,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, Regre
     p.add_argument("--soft-targets", default="", help="teacher predictions on train (train/teacher.py) for distillation")
     p.add_argument("--soft-weight", type=float, default=0.0, help="weight of the teacher in the fitted target")
     p.add_argument("--fit-tune", action="store_true", help="final fit: train + tune, fixed epochs, keep the last (tune metrics become in-sample)")
+    p.add_argument("--keep-last", action="store_true", help="keep the last epoch, not the best on tune (a final fit's train-only twin)")
     a = p.parse_args(argv)
     if bool(a.mix_cache) != bool(a.mix_per_batch):
         p.error("--mix-cache and --mix-per-batch go together")
@@ -343,7 +347,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, Regre
         preprocess=PreprocessConfig(input_size=a.size, enhance=not a.no_enhance, segment=not a.no_segment),
         epochs=a.epochs, lr=a.lr, patience=a.patience, time_budget_s=a.time_budget, seed=a.seed, loss=a.loss,
         warmup_epochs=a.warmup_epochs, mix_cache=a.mix_cache, mix_per_batch=a.mix_per_batch,
-        soft_targets=a.soft_targets, soft_weight=a.soft_weight, fit_tune=a.fit_tune,
+        soft_targets=a.soft_targets, soft_weight=a.soft_weight, fit_tune=a.fit_tune, keep_last=a.keep_last,
     )
     return a, cfg
 
