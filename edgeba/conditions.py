@@ -26,7 +26,10 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from edgeba.segment import dilate_ellipse
+
 WORK_SIDE = 512  # bright_surround is a fraction of the film: measured on the image at this long side
+NOISE_BAND, NOISE_STRIDE = 32, 128  # noise_level's sample: rows in a band, rows from one band to the next
 
 
 def bright_surround(pixels: np.ndarray, mask: np.ndarray) -> float:
@@ -46,16 +49,27 @@ def bright_surround(pixels: np.ndarray, mask: np.ndarray) -> float:
             return 0.0
     ys, xs = np.nonzero(mask)
     k = max(3, round(0.05 * max(int(np.ptp(ys)), int(np.ptp(xs)))))
-    grown = cv2.dilate(mask.astype(np.uint8), cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * k + 1, 2 * k + 1)))
+    grown = dilate_ellipse(mask.astype(np.uint8), k)  # = cv2.dilate by that ellipse, bit for bit, faster
     film = pixels[grown == 0]
     return float(np.mean(film > np.median(pixels[mask > 0]))) if film.size else 0.0
 
 
 def noise_level(pixels: np.ndarray) -> float:
-    """Robust noise sigma (grey levels in [0, 1]) from the residual of a 3x3 median filter."""
+    """Robust noise sigma (grey levels in [0, 1]) from the residual of a 3x3 median filter.
+
+    Measured on bands of NOISE_BAND rows every NOISE_STRIDE (a quarter of the image; each band's first and
+    last rows dropped, where the filter sees the band's edge): 3x faster than the whole image, and on 120
+    train radiographs clean and under noise of sigma 0.01-0.06 within 0.0025 of the whole-image value, with
+    the same flag on all 240 (one-off measurement, train/RESULTS.md session 11)."""
     u8 = np.clip(pixels * 255.0 + 0.5, 0, 255).astype(np.uint8)
-    d = pixels.astype(np.float32) - cv2.medianBlur(u8, 3).astype(np.float32) / 255.0
-    return 1.4826 * float(np.median(np.abs(d - np.median(d))))
+    h = pixels.shape[0]
+    parts = []
+    for y in range(0, max(1, h - NOISE_BAND) + 1, NOISE_STRIDE):
+        rows = slice(y, min(h, y + NOISE_BAND))
+        d = pixels[rows].astype(np.float32) - cv2.medianBlur(u8[rows], 3).astype(np.float32) / 255.0
+        parts.append(d[1:-1].ravel())
+    d = np.concatenate(parts)
+    return 1.4826 * float(np.median(np.abs(d - np.median(d)))) if d.size else 0.0
 
 
 @dataclass(frozen=True)
