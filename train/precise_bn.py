@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 
 import keras
+import numpy as np
 
 from edgeba.training.crops import load_crop_cache
 from edgeba.training.regressor import RegressorConfig, check_geometry, model_inputs, write_metrics
@@ -52,14 +53,16 @@ def main(argv=None) -> dict:
     cfg = RegressorConfig.from_dict(conf)
     cache = load_crop_cache(a.cache)
     check_geometry(cache, cfg.preprocess, str(a.cache))
-    # The images the run was fitted on: train split, QC-passing masks (as regressor.train does).
-    fit = (cache["split"] == "train") & (cache["mask_ok"] if conf.get("qc_only", True) else True)
+    # The images the run was fitted on: its fitted splits (train, + tune after --fit-tune), QC-passing masks
+    # (as regressor.train does).
+    splits = ("train", "tune") if conf.get("fit_tune") else ("train",)
+    fit = np.isin(cache["split"], splits) & (cache["mask_ok"] if conf.get("qc_only", True) else True)
     model = keras.models.load_model(a.source / "regressor.keras")
     n_bn = precise_bn(model, model_inputs(cache["crops"][fit], cache["male"][fit], cfg))
     a.run_dir.mkdir(parents=True, exist_ok=True)
     model.save(a.run_dir / "regressor.keras")
 
-    how = {"init_from": str(a.source / "regressor.keras"), "recalibrated": f"precise BN: {n_bn} layers, {int(fit.sum())} train images",
+    how = {"init_from": str(a.source / "regressor.keras"), "recalibrated": f"precise BN: {n_bn} layers, {int(fit.sum())} {' + '.join(splits)} images",
            "command": "python train/precise_bn.py " + " ".join(sys.argv[1:] if argv is None else argv)}
     target = conf["target"]
     (a.run_dir / "config.json").write_text(json.dumps({**conf, **how, "cache": str(a.cache)}, indent=2))
