@@ -25,6 +25,13 @@ from edgeba.quality import MAX_AREA, MIN_AREA, OPPOSITE, MaskQuality, hand_prese
 
 ZOOM_BELOW = MIN_AREA  # a mask smaller than this (area fraction) is segmented again, zoomed in
 ZOOM_MARGIN = 0.25  # context kept around the first mask's box, fraction of its longer side
+# A mask that is still not hand-like after that may outline the plate around a small radiograph, or
+# leak along a collimation edge (stress suite, val: 6 small_on_plate and 1 collimation refusals of 1,260):
+# the part of the image that differs from the plate (`film_box`) is segmented again on its own, unpadded
+# (a margin would bring the bright frame of a collimated field back in). Chosen on train stress images.
+FILM_SIDE = 256  # px; the film's edge and the hand need no more
+FILM_DEVIATION = 0.1  # departure from the border's level, fraction of the 1-99 % grey range
+FILM_MAX_AREA = 0.8  # a box over this share of the image is no sub-film: nothing to zoom into
 # Weakest evidence that still counts as a hand (after zooming): a hand-sized region whose outline is
 # not convex (fingers, even closed ones, leave concavities; a plate, a body or noise do not).
 MIN_HAND_AREA = 0.03
@@ -119,20 +126,32 @@ def _score(q: MaskQuality) -> tuple:
     return (q.ok, hand_present(q), hand_shape(q), min(m.get("finger_gaps", 0), 5), -len(q.reasons))
 
 
-def _segment_zoomed(pixels: np.ndarray, segment: Callable[[np.ndarray], np.ndarray]) -> tuple[np.ndarray, MaskQuality, bool]:
-    """The U-Net mask, and when it is small, the mask of a second pass on a crop around it.
+def film_box(pixels: np.ndarray) -> tuple[int, int, int, int] | None:
+    """(y0, y1, x0, x1) of what differs from the plate: the pixels whose level, blurred past film grain,
+    departs from the image border's by over FILM_DEVIATION of the grey range; None when nothing does or
+    the box is not clearly smaller than the image (over FILM_MAX_AREA of it). On a small radiograph on a
+    larger plate that is the film (or the hand on it), in a collimated field the field."""
+    h, w = pixels.shape
+    s = FILM_SIDE / max(h, w)
+    small = cv2.resize(pixels.astype(np.float64), (max(1, round(w * s)), max(1, round(h * s))), interpolation=cv2.INTER_AREA)
+    small = cv2.GaussianBlur(small, (0, 0), 1.5)
+    b = max(2, int(0.03 * min(small.shape)))
+    ring = np.concatenate([small[:b].ravel(), small[-b:].ravel(), small[:, :b].ravel(), small[:, -b:].ravel()])
+    p1, p99 = np.percentile(small, (1, 99))
+    away = (np.abs(small - np.median(ring)) > FILM_DEVIATION * max(p99 - p1, 1e-6)).astype(np.uint8)
+    ys, xs = np.nonzero(cv2.morphologyEx(away, cv2.MORPH_OPEN, np.ones((3, 3), np.uint8)))  # specks and strokes out
+    if not len(ys):
+        return None
+    y0, y1 = max(0, math.floor(ys.min() / s)), min(h, math.ceil((ys.max() + 1) / s))
+    x0, x1 = max(0, math.floor(xs.min() / s)), min(w, math.ceil((xs.max() + 1) / s))
+    return (y0, y1, x0, x1) if (y1 - y0) * (x1 - x0) <= FILM_MAX_AREA * h * w else None
 
-    The quality of a zoomed mask is judged in the crop's frame (where the hand fills a normal share)."""
-    mask = segment(pixels)
-    q = mask_quality(mask)
-    if not mask.any() or q.metrics.get("area_frac", 0.0) >= ZOOM_BELOW:
-        return mask, q, False
-    ys, xs = np.nonzero(mask)
-    y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
-    pad = ZOOM_MARGIN * max(y1 - y0, x1 - x0)
-    h, w = mask.shape
-    y0, y1 = max(0, math.floor(y0 - pad)), min(h, math.ceil(y1 + pad))
-    x0, x1 = max(0, math.floor(x0 - pad)), min(w, math.ceil(x1 + pad))
+
+def _segment_crop(pixels: np.ndarray, segment: Callable[[np.ndarray], np.ndarray], box: tuple[int, int, int, int],
+                  mask: np.ndarray, q: MaskQuality) -> tuple[np.ndarray, MaskQuality, bool]:
+    """The mask of a U-Net pass on `box` (in the full frame) when it scores better than `mask`, judged in
+    the crop's frame (where the hand fills a normal share); else `mask`."""
+    y0, y1, x0, x1 = box
     if min(y1 - y0, x1 - x0) < 32:  # too small to be a radiographed hand at this resolution
         return mask, q, False
     sub = segment(np.ascontiguousarray(pixels[y0:y1, x0:x1]))
@@ -142,6 +161,26 @@ def _segment_zoomed(pixels: np.ndarray, segment: Callable[[np.ndarray], np.ndarr
     full = np.zeros_like(mask)
     full[y0:y1, x0:x1] = sub
     return full, qs, True
+
+
+def _segment_zoomed(pixels: np.ndarray, segment: Callable[[np.ndarray], np.ndarray]) -> tuple[np.ndarray, MaskQuality, bool]:
+    """The U-Net mask; when it is small, the mask of a second pass on a crop around it; when it is still
+    not hand-like (it outlines the plate, or leaked along a collimation edge), the mask of a pass on
+    `film_box`."""
+    mask = segment(pixels)
+    q = mask_quality(mask)
+    zoomed = False
+    if mask.any() and q.metrics.get("area_frac", 0.0) < ZOOM_BELOW:
+        ys, xs = np.nonzero(mask)
+        y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
+        pad = ZOOM_MARGIN * max(y1 - y0, x1 - x0)
+        h, w = mask.shape
+        box = max(0, math.floor(y0 - pad)), min(h, math.ceil(y1 + pad)), max(0, math.floor(x0 - pad)), min(w, math.ceil(x1 + pad))
+        mask, q, zoomed = _segment_crop(pixels, segment, box, mask, q)
+    if not (q.ok or hand_present(q)) and (box := film_box(pixels)) is not None:
+        mask, q, film = _segment_crop(pixels, segment, box, mask, q)
+        zoomed = zoomed or film
+    return mask, q, zoomed
 
 
 def find_hand(pixels: np.ndarray, segment: Callable[[np.ndarray], np.ndarray], polarity_known: bool = False,

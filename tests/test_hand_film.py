@@ -1,0 +1,104 @@
+"""A small radiograph on a larger plate, or a collimated field (edgeba/hand.py `film_box`): when the U-Net's
+mask of the whole image is not hand-like (it outlined the plate, or leaked along the field's edge), the
+part of the image that differs from the plate is segmented again on its own. Real radiographs are read
+from the data folder at test time; nothing derived from them is written outside tmp_path."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from rsna import rsna_image
+
+from edgeba.hand import FILM_MAX_AREA, _segment_zoomed, film_box
+from edgeba.quality import hand_present, mask_quality
+from edgeba.segment import bootstrap_mask
+
+HAND = "10108"  # its bootstrap mask passes QC (tests/test_hand_gate.py)
+
+
+def _on_plate(img: np.ndarray, scale: float, at: tuple[float, float]) -> tuple[np.ndarray, tuple[int, int, int, int]]:
+    """`img` at `scale` of a plate's side, its top-left at `at` (fractions of the free room); the plate at
+    the film's own border level with grain, as the stress suite's small_on_plate. Returns (plate, film box)."""
+    h, w = img.shape
+    H, W = int(h / scale), int(w / scale)
+    y, x = int(at[0] * (H - h)), int(at[1] * (W - w))
+    ring = np.concatenate([img[:20].ravel(), img[-20:].ravel(), img[:, :20].ravel(), img[:, -20:].ravel()])
+    plate = np.clip(np.median(ring) + np.random.default_rng(0).normal(0, 0.01, (H, W)), 0, 1).astype(np.float32)
+    plate[y : y + h, x : x + w] = img
+    return plate, (y, y + h, x, x + w)
+
+
+@pytest.fixture(scope="module")
+def hand() -> np.ndarray:
+    return rsna_image(HAND)
+
+
+def _inside(box, outer, tol: int) -> bool:
+    """`box` within `outer` give or take `tol` px (film_box's blur reaches a little past the film's edge)."""
+    return box[0] >= outer[0] - tol and box[1] <= outer[1] + tol and box[2] >= outer[2] - tol and box[3] <= outer[3] + tol
+
+
+def test_the_film_box_of_a_small_radiograph_is_on_the_film_around_the_hand(hand):
+    plate, film = _on_plate(hand, 0.4, (0.7, 0.2))
+    box = film_box(plate)
+    assert box is not None and _inside(box, film, tol=int(0.02 * max(plate.shape)))
+    ys, xs = np.nonzero(bootstrap_mask(hand))  # the hand, in the film's frame
+    hand_box = (film[0] + ys.min(), film[0] + ys.max(), film[2] + xs.min(), film[2] + xs.max())
+    assert _inside(hand_box, box, tol=int(0.03 * max(hand.shape)))  # the whole hand is in the crop
+
+
+def test_the_film_box_of_a_collimated_field_is_the_field(hand):
+    h, w = hand.shape
+    t, b, l, r = int(0.12 * h), int(0.08 * h), int(0.15 * w), int(0.1 * w)
+    img = np.full((h + t + b, w + l + r), 0.8, np.float32)  # the bright unexposed frame
+    img[t : t + h, l : l + w] = hand
+    box = film_box(img)
+    assert box is not None and _inside(box, (t, t + h, l, l + w), tol=int(0.02 * max(img.shape)))
+    assert (box[1] - box[0]) * (box[3] - box[2]) > 0.7 * h * w  # the field, not a corner of it
+
+
+def test_no_film_box_in_a_blank_image_or_one_that_differs_everywhere():
+    assert film_box(np.full((600, 500), 0.4, np.float32)) is None
+    ramp = np.tile(np.linspace(0, 1, 500, dtype=np.float32), (600, 1))  # differs from its border all across
+    assert film_box(ramp) is None
+    frame = np.zeros((600, 500), np.float32)
+    frame[20:-20, 20:-20] = 0.7  # a box over FILM_MAX_AREA of the image: nothing to zoom into
+    assert 0.9 > FILM_MAX_AREA and film_box(frame) is None
+
+
+class _Plateish:
+    """A stand-in U-Net: the whole plate gets a convex slab along the bottom (not a hand: what the U-Net
+    drew on the stress suite's refused small_on_plate images); any crop gets the classical hand mask."""
+
+    def __init__(self, shape):
+        self.shape, self.calls = shape, []
+
+    def __call__(self, px: np.ndarray) -> np.ndarray:
+        self.calls.append(px.shape)
+        if px.shape != self.shape:
+            return bootstrap_mask(px)
+        slab = np.zeros(px.shape, np.uint8)
+        slab[px.shape[0] // 3 :, px.shape[1] // 8 : -px.shape[1] // 8] = 1
+        return slab
+
+
+def test_a_plate_outline_gives_way_to_the_hand_on_the_film(hand):
+    plate, film = _on_plate(hand, 0.4, (0.2, 0.8))
+    segment = _Plateish(plate.shape)
+    assert not hand_present(mask_quality(segment(plate)))  # the first pass alone: refused
+    segment.calls.clear()
+    mask, q, zoomed = _segment_zoomed(plate, segment)
+    assert len(segment.calls) == 2 and zoomed and q.ok  # one more pass, on the film
+    ys, xs = np.nonzero(mask)
+    assert _inside((ys.min(), ys.max(), xs.min(), xs.max()), film, tol=int(0.02 * max(plate.shape)))
+
+
+def test_a_hand_like_first_mask_costs_no_film_pass(hand):
+    calls = []
+
+    def segment(px):
+        calls.append(px.shape)
+        return bootstrap_mask(px)
+
+    mask, q, zoomed = _segment_zoomed(hand, segment)
+    assert q.ok and not zoomed and calls == [hand.shape]
