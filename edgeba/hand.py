@@ -5,7 +5,8 @@ images break, each handled here from evidence in the hand itself:
 - polarity: a negative (bone dark) is inverted only when the hand's own core-vs-rim contrast says so
   (edgeba/polarity.py); a bright plate or flat grey scan around a normal hand is not a reason;
 - a small hand on a large plate: the U-Net sees the whole image at 128 px, where such a hand is a few
-  fingers wide; the image is cropped around the first mask and segmented again, zoomed in;
+  fingers wide; the image is cropped around the first mask and segmented again, zoomed in; when the
+  mask is still not hand-like (it outlined the plate), around the part that differs from the plate;
 - refusal: only when no pass finds anything hand-like (`is_hand`: a hand outline, or a weaker hand
   shape with bone inside it); a hand with a poor outline is scored with a warning.
 """
@@ -163,10 +164,11 @@ def _segment_crop(pixels: np.ndarray, segment: Callable[[np.ndarray], np.ndarray
     return full, qs, True
 
 
-def _segment_zoomed(pixels: np.ndarray, segment: Callable[[np.ndarray], np.ndarray]) -> tuple[np.ndarray, MaskQuality, bool]:
+def _segment_zoomed(pixels: np.ndarray, segment: Callable[[np.ndarray], np.ndarray],
+                    film: bool = True) -> tuple[np.ndarray, MaskQuality, bool]:
     """The U-Net mask; when it is small, the mask of a second pass on a crop around it; when it is still
-    not hand-like (it outlines the plate, or leaked along a collimation edge), the mask of a pass on
-    `film_box`."""
+    not hand-like (it outlines the plate, or leaked along a collimation edge) and `film`, the mask of a
+    pass on `film_box`."""
     mask = segment(pixels)
     q = mask_quality(mask)
     zoomed = False
@@ -177,24 +179,25 @@ def _segment_zoomed(pixels: np.ndarray, segment: Callable[[np.ndarray], np.ndarr
         h, w = mask.shape
         box = max(0, math.floor(y0 - pad)), min(h, math.ceil(y1 + pad)), max(0, math.floor(x0 - pad)), min(w, math.ceil(x1 + pad))
         mask, q, zoomed = _segment_crop(pixels, segment, box, mask, q)
-    if not (q.ok or hand_present(q)) and (box := film_box(pixels)) is not None:
-        mask, q, film = _segment_crop(pixels, segment, box, mask, q)
-        zoomed = zoomed or film
+    if film and not (q.ok or hand_present(q)) and (box := film_box(pixels)) is not None:
+        mask, q, on_film = _segment_crop(pixels, segment, box, mask, q)
+        zoomed = zoomed or on_film
     return mask, q, zoomed
 
 
 def find_hand(pixels: np.ndarray, segment: Callable[[np.ndarray], np.ndarray], polarity_known: bool = False,
-              outline: Hand | None = None) -> Hand:
+              outline: Hand | None = None, film: bool = True) -> Hand:
     """Mask and polarity of the hand. One U-Net pass when the first mask shows bone clearly bright
     (almost every radiograph); else the inverse image too, and the contrast inside the better mask decides.
-    `outline`: what `find_hand(pixels, segment, True)` returned for these very pixels (its pass is reused)."""
+    `outline`: what `find_hand(pixels, segment, True)` returned for these very pixels (its pass is reused).
+    `film`: segment the sub-film again when a mask is not hand-like (`_segment_zoomed`)."""
     if outline is None:
-        mask, q, zoomed = _segment_zoomed(pixels, segment)
+        mask, q, zoomed = _segment_zoomed(pixels, segment, film)
         outline = Hand(pixels, mask, q, inverted=False, zoomed=zoomed)
     if polarity_known or (outline.quality.ok and outline.contrast > CLEAR):
         return outline
     neg = 1.0 - pixels
-    mask_n, q_n, zoomed_n = _segment_zoomed(neg, segment)
+    mask_n, q_n, zoomed_n = _segment_zoomed(neg, segment, film)
     # The hand shows better in the inverse: its outline, not yet its polarity.
     hand = Hand(pixels, mask_n, q_n, inverted=False, zoomed=zoomed_n) if _score(q_n) > _score(outline.quality) else outline
     c = hand.contrast
