@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from rsna import rsna_image
 
-from edgeba.hand import FILM_MAX_AREA, _segment_zoomed, film_box
+from edgeba.hand import FILM_MAX_AREA, _segment_zoomed, film_box, find_hand
+from edgeba.io import load_image
 from edgeba.quality import hand_present, mask_quality
 from edgeba.segment import bootstrap_mask
 
@@ -102,3 +103,26 @@ def test_a_hand_like_first_mask_costs_no_film_pass(hand):
 
     mask, q, zoomed = _segment_zoomed(hand, segment)
     assert q.ok and not zoomed and calls == [hand.shape]
+
+
+def test_a_small_radiograph_the_whole_image_pass_missed_is_scored_on_its_film(tmp_path):
+    # Train radiograph 10303 as the stress suite puts it on a plate (its own draw): the shipped U-Net
+    # outlined the plate (solidity 0.98, no finger gaps) and the image was refused before film_box.
+    from edgeba import stress
+    from edgeba.dataset import split_cases
+    from edgeba.manifest import DEFAULT_DIR
+    from edgeba.predictor import Predictor
+
+    case = next(c for c in split_cases("train") if c.id == "10303")
+    img = stress.read_raw(case)
+    predictor = Predictor(DEFAULT_DIR, "tflite", 1)
+    sex = "male" if case.male else "female"
+    clean = predictor.predict(stress.write_variant(img, None, case.id, "clean", stress.SEED, tmp_path), sex)
+    path = stress.write_variant(img, None, case.id, "small_on_plate", stress.SEED, tmp_path)
+    pred = predictor.predict(path, sex)  # scored (a refusal raises), near the clean estimate
+    assert pred.mask_quality["metrics"]["zoomed"] and abs(pred.bone_age_months - clean.bone_age_months) < 24
+    plate = load_image(path).pixels
+    hand = find_hand(plate, predictor._segment)  # the outline in the plate's frame (the prediction's is reframed)
+    box = film_box(plate)
+    ys, xs = np.nonzero(hand.mask)
+    assert box is not None and _inside((ys.min(), ys.max(), xs.min(), xs.max()), box, tol=int(0.02 * max(plate.shape)))
