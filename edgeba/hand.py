@@ -26,10 +26,11 @@ from edgeba.quality import MAX_AREA, MIN_AREA, OPPOSITE, MaskQuality, hand_prese
 
 ZOOM_BELOW = MIN_AREA  # a mask smaller than this (area fraction) is segmented again, zoomed in
 ZOOM_MARGIN = 0.25  # context kept around the first mask's box, fraction of its longer side
-# A mask that is still not hand-like after that may outline the plate around a small radiograph, or
-# leak along a collimation edge (stress suite, val: 6 small_on_plate and 1 collimation refusals of 1,260):
+# When neither grey scale's mask is hand-like, it may outline the plate around a small radiograph, or have
+# leaked along a collimation edge (stress suite, val: 6 small_on_plate and 1 collimation refusals of 1,260):
 # the part of the image that differs from the plate (`film_box`) is segmented again on its own, unpadded
-# (a margin would bring the bright frame of a collimated field back in). Chosen on train stress images.
+# (a margin would bring the bright frame of a collimated field back in). Chosen on train stress images
+# (0.05: the box was the whole image for 2 of 22 small_on_plate; 0.1 and 0.2 rescued all 5 refusals of 80).
 FILM_SIDE = 256  # px; the film's edge and the hand need no more
 FILM_DEVIATION = 0.1  # departure from the border's level, fraction of the 1-99 % grey range
 FILM_MAX_AREA = 0.8  # a box over this share of the image is no sub-film: nothing to zoom into
@@ -164,25 +165,31 @@ def _segment_crop(pixels: np.ndarray, segment: Callable[[np.ndarray], np.ndarray
     return full, qs, True
 
 
-def _segment_zoomed(pixels: np.ndarray, segment: Callable[[np.ndarray], np.ndarray],
-                    film: bool = True) -> tuple[np.ndarray, MaskQuality, bool]:
-    """The U-Net mask; when it is small, the mask of a second pass on a crop around it; when it is still
-    not hand-like (it outlines the plate, or leaked along a collimation edge) and `film`, the mask of a
-    pass on `film_box`."""
+def _segment_zoomed(pixels: np.ndarray, segment: Callable[[np.ndarray], np.ndarray]) -> tuple[np.ndarray, MaskQuality, bool]:
+    """The U-Net mask, and when it is small, the mask of a second pass on a crop around it."""
     mask = segment(pixels)
     q = mask_quality(mask)
-    zoomed = False
-    if mask.any() and q.metrics.get("area_frac", 0.0) < ZOOM_BELOW:
-        ys, xs = np.nonzero(mask)
-        y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
-        pad = ZOOM_MARGIN * max(y1 - y0, x1 - x0)
-        h, w = mask.shape
-        box = max(0, math.floor(y0 - pad)), min(h, math.ceil(y1 + pad)), max(0, math.floor(x0 - pad)), min(w, math.ceil(x1 + pad))
-        mask, q, zoomed = _segment_crop(pixels, segment, box, mask, q)
-    if film and not (q.ok or hand_present(q)) and (box := film_box(pixels)) is not None:
-        mask, q, on_film = _segment_crop(pixels, segment, box, mask, q)
-        zoomed = zoomed or on_film
-    return mask, q, zoomed
+    if not mask.any() or q.metrics.get("area_frac", 0.0) >= ZOOM_BELOW:
+        return mask, q, False
+    ys, xs = np.nonzero(mask)
+    y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
+    pad = ZOOM_MARGIN * max(y1 - y0, x1 - x0)
+    h, w = mask.shape
+    box = max(0, math.floor(y0 - pad)), min(h, math.ceil(y1 + pad)), max(0, math.floor(x0 - pad)), min(w, math.ceil(x1 + pad))
+    return _segment_crop(pixels, segment, box, mask, q)
+
+
+def _on_film(hand: Hand, segment: Callable[[np.ndarray], np.ndarray]) -> Hand:
+    """`hand`, or when its outline is not hand-like (it outlines the plate, or leaked along a collimation
+    edge) the outline of a pass on `film_box`, if that scores better and is not flat inside: the U-Net
+    can draw a hand into the black of an empty collimated field (tune stress 11043: texture 0)."""
+    q = hand.quality
+    if q.ok or hand_present(q) or (box := film_box(hand.pixels)) is None:
+        return hand
+    mask, qf, on_film = _segment_crop(hand.pixels, segment, box, hand.mask, q)
+    if not on_film or texture(hand.pixels, mask) < MIN_TEXTURE:
+        return hand
+    return Hand(hand.pixels, mask, qf, inverted=False, zoomed=True)
 
 
 def find_hand(pixels: np.ndarray, segment: Callable[[np.ndarray], np.ndarray], polarity_known: bool = False,
@@ -190,16 +197,19 @@ def find_hand(pixels: np.ndarray, segment: Callable[[np.ndarray], np.ndarray], p
     """Mask and polarity of the hand. One U-Net pass when the first mask shows bone clearly bright
     (almost every radiograph); else the inverse image too, and the contrast inside the better mask decides.
     `outline`: what `find_hand(pixels, segment, True)` returned for these very pixels (its pass is reused).
-    `film`: segment the sub-film again when a mask is not hand-like (`_segment_zoomed`)."""
+    `film`: segment the sub-film again when no outline is hand-like (`_on_film`)."""
     if outline is None:
-        mask, q, zoomed = _segment_zoomed(pixels, segment, film)
+        mask, q, zoomed = _segment_zoomed(pixels, segment)
         outline = Hand(pixels, mask, q, inverted=False, zoomed=zoomed)
     if polarity_known or (outline.quality.ok and outline.contrast > CLEAR):
-        return outline
+        return _on_film(outline, segment) if film else outline
     neg = 1.0 - pixels
-    mask_n, q_n, zoomed_n = _segment_zoomed(neg, segment, film)
+    mask_n, q_n, zoomed_n = _segment_zoomed(neg, segment)
     # The hand shows better in the inverse: its outline, not yet its polarity.
     hand = Hand(pixels, mask_n, q_n, inverted=False, zoomed=zoomed_n) if _score(q_n) > _score(outline.quality) else outline
+    # Neither grey scale outlined a hand: the film, when there is one, on its own (after the inverse pass:
+    # on a bright plate the inverse outlines the whole hand, a tight crop around it only part; tune 10971).
+    hand = _on_film(hand, segment) if film else hand
     c = hand.contrast
     # Only clear evidence inverts. The U-Net's preference is no evidence: on a bright plate it outlines
     # the hand better in the inverse (tune: 3 wrong inversions of 150 plate/collimation images when it

@@ -5,11 +5,12 @@ from the data folder at test time; nothing derived from them is written outside 
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import pytest
 from rsna import rsna_image
 
-from edgeba.hand import FILM_MAX_AREA, _segment_zoomed, film_box, find_hand
+from edgeba.hand import FILM_MAX_AREA, film_box, find_hand
 from edgeba.io import load_image
 from edgeba.quality import hand_present, mask_quality
 from edgeba.segment import bootstrap_mask
@@ -86,12 +87,32 @@ class _Plateish:
 def test_a_plate_outline_gives_way_to_the_hand_on_the_film(hand):
     plate, film = _on_plate(hand, 0.4, (0.2, 0.8))
     segment = _Plateish(plate.shape)
-    assert not hand_present(mask_quality(segment(plate)))  # the first pass alone: refused
-    segment.calls.clear()
-    mask, q, zoomed = _segment_zoomed(plate, segment)
-    assert len(segment.calls) == 2 and zoomed and q.ok  # one more pass, on the film
-    ys, xs = np.nonzero(mask)
+    found = find_hand(plate, segment)
+    # the plate as stored, its inverse (the slab again), then one pass on the film
+    assert segment.calls[:2] == [plate.shape] * 2 and len(segment.calls) == 3
+    assert found.zoomed and found.quality.ok and not found.inverted
+    ys, xs = np.nonzero(found.mask)
     assert _inside((ys.min(), ys.max(), xs.min(), xs.max()), film, tol=int(0.02 * max(plate.shape)))
+    segment.calls.clear()
+    assert not hand_present(find_hand(plate, segment, film=False).quality)  # without it: nothing hand-like
+
+
+def test_a_flat_outline_on_the_film_is_no_hand(hand):
+    # The U-Net can draw a hand into the empty black of a collimated field; inside it there is no grain.
+    img = np.full((1200, 1000), 0.5, np.float32)
+    img[200:1000, 150:850] = 0.0
+    hand_mask = bootstrap_mask(hand)
+    crops = []
+
+    def segment(px):  # the plate: a slab; a crop: a hand outline that passes QC, drawn on nothing
+        if px.shape == img.shape:
+            return _Plateish(img.shape)(px)
+        crops.append(cv2.resize(hand_mask, (px.shape[1], px.shape[0]), interpolation=cv2.INTER_NEAREST))
+        return crops[-1]
+
+    found = find_hand(img, segment)
+    assert len(crops) == 1 and mask_quality(crops[0]).ok  # the film pass ran and outlined a "hand"
+    assert not found.zoomed and np.array_equal(found.mask, _Plateish(img.shape)(img))  # the first outline stands
 
 
 def test_a_hand_like_first_mask_costs_no_film_pass(hand):
@@ -101,8 +122,8 @@ def test_a_hand_like_first_mask_costs_no_film_pass(hand):
         calls.append(px.shape)
         return bootstrap_mask(px)
 
-    mask, q, zoomed = _segment_zoomed(hand, segment)
-    assert q.ok and not zoomed and calls == [hand.shape]
+    found = find_hand(hand, segment)
+    assert found.quality.ok and not found.zoomed and calls == [hand.shape]
 
 
 def test_a_small_radiograph_the_whole_image_pass_missed_is_scored_on_its_film(tmp_path):
