@@ -181,10 +181,14 @@ def _segment_zoomed(pixels: np.ndarray, segment: Callable[[np.ndarray], np.ndarr
 
 def _on_film(hand: Hand, segment: Callable[[np.ndarray], np.ndarray]) -> Hand:
     """`hand`, or when its outline is not hand-like (it outlines the plate, or leaked along a collimation
-    edge) the outline of a pass on `film_box`, if that scores better and is not flat inside: the U-Net
-    can draw a hand into the black of an empty collimated field (tune stress 11043: texture 0)."""
+    edge) or has fingers but nothing of a hand inside (`is_hand` would refuse it: a plate's outline with
+    concavities), the outline of a pass on `film_box`, if that scores better and is not flat inside: the
+    U-Net can draw a hand into the black of an empty collimated field (tune stress 11043: texture 0)."""
     q = hand.quality
-    if q.ok or hand_present(q) or (box := film_box(hand.pixels)) is None:
+    if q.ok or (hand_present(q) and texture(hand.pixels, hand.mask) >= MIN_TEXTURE
+                and detail(hand.pixels, hand.mask) >= MIN_DETAIL):
+        return hand
+    if (box := film_box(hand.pixels)) is None:
         return hand
     mask, qf, on_film = _segment_crop(hand.pixels, segment, box, hand.mask, q)
     if not on_film or texture(hand.pixels, mask) < MIN_TEXTURE:
