@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from rsna import rsna_image
 
-from edgeba.hand import FILM_MAX_AREA, film_box, find_hand
+from edgeba.hand import FILM_MAX_AREA, MIN_TEXTURE, film_box, find_hand, texture
 from edgeba.io import load_image
 from edgeba.quality import hand_present, mask_quality
 from edgeba.segment import bootstrap_mask
@@ -18,14 +18,15 @@ from edgeba.segment import bootstrap_mask
 HAND = "10108"  # its bootstrap mask passes QC (tests/test_hand_gate.py)
 
 
-def _on_plate(img: np.ndarray, scale: float, at: tuple[float, float]) -> tuple[np.ndarray, tuple[int, int, int, int]]:
+def _on_plate(img: np.ndarray, scale: float, at: tuple[float, float],
+              grain: float = 0.01) -> tuple[np.ndarray, tuple[int, int, int, int]]:
     """`img` at `scale` of a plate's side, its top-left at `at` (fractions of the free room); the plate at
     the film's own border level with grain, as the stress suite's small_on_plate. Returns (plate, film box)."""
     h, w = img.shape
     H, W = int(h / scale), int(w / scale)
     y, x = int(at[0] * (H - h)), int(at[1] * (W - w))
     ring = np.concatenate([img[:20].ravel(), img[-20:].ravel(), img[:, :20].ravel(), img[:, -20:].ravel()])
-    plate = np.clip(np.median(ring) + np.random.default_rng(0).normal(0, 0.01, (H, W)), 0, 1).astype(np.float32)
+    plate = np.clip(np.median(ring) + np.random.default_rng(0).normal(0, grain, (H, W)), 0, 1).astype(np.float32)
     plate[y : y + h, x : x + w] = img
     return plate, (y, y + h, x, x + w)
 
@@ -95,6 +96,29 @@ def test_a_plate_outline_gives_way_to_the_hand_on_the_film(hand):
     assert _inside((ys.min(), ys.max(), xs.min(), xs.max()), film, tol=int(0.02 * max(plate.shape)))
     segment.calls.clear()
     assert not hand_present(find_hand(plate, segment, film=False).quality)  # without it: nothing hand-like
+
+
+def test_fingers_drawn_on_the_empty_plate_give_way_to_the_film(hand):
+    # An outline with finger gaps (`hand_present`) but nothing of a hand inside it (an even plate) would be
+    # refused (is_hand): the film is segmented on its own.
+    plate, film = _on_plate(hand, 0.4, (0.0, 0.0), grain=0.0)
+    H, W = plate.shape
+    ghost = np.zeros(plate.shape, np.uint8)
+    y0, x0 = int(0.45 * H), int(0.45 * W)
+    ghost[y0:, x0:] = cv2.resize(bootstrap_mask(hand), (W - x0, H - y0), interpolation=cv2.INTER_NEAREST)
+    ghost[-H // 20 :, x0:] = 1  # leaked along the plate's edge: fails QC
+    q = mask_quality(ghost)
+    assert hand_present(q) and not q.ok and texture(plate, ghost) < MIN_TEXTURE
+    calls = []
+
+    def segment(px):
+        calls.append(px.shape)
+        return ghost if px.shape == plate.shape else bootstrap_mask(px)
+
+    found = find_hand(plate, segment)
+    assert len(calls) == 3 and found.zoomed and found.quality.ok  # as stored, inverse, the film
+    ys, xs = np.nonzero(found.mask)
+    assert _inside((ys.min(), ys.max(), xs.min(), xs.max()), film, tol=int(0.02 * max(plate.shape)))
 
 
 def test_a_flat_outline_on_the_film_is_no_hand(hand):
