@@ -5,7 +5,8 @@ images break, each handled here from evidence in the hand itself:
 - polarity: a negative (bone dark) is inverted only when the hand's own core-vs-rim contrast says so
   (edgeba/polarity.py); a bright plate or flat grey scan around a normal hand is not a reason;
 - a small hand on a large plate: the U-Net sees the whole image at 128 px, where such a hand is a few
-  fingers wide; the image is cropped around the first mask and segmented again, zoomed in;
+  fingers wide; the image is cropped around the first mask and segmented again, zoomed in; when the
+  mask is still not hand-like (it outlined the plate), around the part that differs from the plate;
 - refusal: only when no pass finds anything hand-like (`is_hand`: a hand outline, or a weaker hand
   shape with bone inside it); a hand with a poor outline is scored with a warning.
 """
@@ -25,6 +26,14 @@ from edgeba.quality import MAX_AREA, MIN_AREA, OPPOSITE, MaskQuality, hand_prese
 
 ZOOM_BELOW = MIN_AREA  # a mask smaller than this (area fraction) is segmented again, zoomed in
 ZOOM_MARGIN = 0.25  # context kept around the first mask's box, fraction of its longer side
+# When neither grey scale's mask is hand-like, it may outline the plate around a small radiograph, or have
+# leaked along a collimation edge (stress suite, val: 6 small_on_plate and 1 collimation refusals of 1,260):
+# the part of the image that differs from the plate (`film_box`) is segmented again on its own, unpadded
+# (a margin would bring the bright frame of a collimated field back in). Chosen on train stress images
+# (0.05: the box was the whole image for 2 of 22 small_on_plate; 0.1 and 0.2 rescued all 5 refusals of 80).
+FILM_SIDE = 256  # px; the film's edge and the hand need no more
+FILM_DEVIATION = 0.1  # departure from the border's level, fraction of the 1-99 % grey range
+FILM_MAX_AREA = 0.8  # a box over this share of the image is no sub-film: nothing to zoom into
 # Weakest evidence that still counts as a hand (after zooming): a hand-sized region whose outline is
 # not convex (fingers, even closed ones, leave concavities; a plate, a body or noise do not).
 MIN_HAND_AREA = 0.03
@@ -119,20 +128,32 @@ def _score(q: MaskQuality) -> tuple:
     return (q.ok, hand_present(q), hand_shape(q), min(m.get("finger_gaps", 0), 5), -len(q.reasons))
 
 
-def _segment_zoomed(pixels: np.ndarray, segment: Callable[[np.ndarray], np.ndarray]) -> tuple[np.ndarray, MaskQuality, bool]:
-    """The U-Net mask, and when it is small, the mask of a second pass on a crop around it.
+def film_box(pixels: np.ndarray) -> tuple[int, int, int, int] | None:
+    """(y0, y1, x0, x1) of what differs from the plate: the pixels whose level, blurred past film grain,
+    departs from the image border's by over FILM_DEVIATION of the grey range; None when nothing does or
+    the box is not clearly smaller than the image (over FILM_MAX_AREA of it). On a small radiograph on a
+    larger plate that is the film (or the hand on it), in a collimated field the field."""
+    h, w = pixels.shape
+    s = FILM_SIDE / max(h, w)
+    small = cv2.resize(pixels.astype(np.float64), (max(1, round(w * s)), max(1, round(h * s))), interpolation=cv2.INTER_AREA)
+    small = cv2.GaussianBlur(small, (0, 0), 1.5)
+    b = max(2, int(0.03 * min(small.shape)))
+    ring = np.concatenate([small[:b].ravel(), small[-b:].ravel(), small[:, :b].ravel(), small[:, -b:].ravel()])
+    p1, p99 = np.percentile(small, (1, 99))
+    away = (np.abs(small - np.median(ring)) > FILM_DEVIATION * max(p99 - p1, 1e-6)).astype(np.uint8)
+    ys, xs = np.nonzero(cv2.morphologyEx(away, cv2.MORPH_OPEN, np.ones((3, 3), np.uint8)))  # specks and strokes out
+    if not len(ys):
+        return None
+    y0, y1 = max(0, math.floor(ys.min() / s)), min(h, math.ceil((ys.max() + 1) / s))
+    x0, x1 = max(0, math.floor(xs.min() / s)), min(w, math.ceil((xs.max() + 1) / s))
+    return (y0, y1, x0, x1) if (y1 - y0) * (x1 - x0) <= FILM_MAX_AREA * h * w else None
 
-    The quality of a zoomed mask is judged in the crop's frame (where the hand fills a normal share)."""
-    mask = segment(pixels)
-    q = mask_quality(mask)
-    if not mask.any() or q.metrics.get("area_frac", 0.0) >= ZOOM_BELOW:
-        return mask, q, False
-    ys, xs = np.nonzero(mask)
-    y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
-    pad = ZOOM_MARGIN * max(y1 - y0, x1 - x0)
-    h, w = mask.shape
-    y0, y1 = max(0, math.floor(y0 - pad)), min(h, math.ceil(y1 + pad))
-    x0, x1 = max(0, math.floor(x0 - pad)), min(w, math.ceil(x1 + pad))
+
+def _segment_crop(pixels: np.ndarray, segment: Callable[[np.ndarray], np.ndarray], box: tuple[int, int, int, int],
+                  mask: np.ndarray, q: MaskQuality) -> tuple[np.ndarray, MaskQuality, bool]:
+    """The mask of a U-Net pass on `box` (in the full frame) when it scores better than `mask`, judged in
+    the crop's frame (where the hand fills a normal share); else `mask`."""
+    y0, y1, x0, x1 = box
     if min(y1 - y0, x1 - x0) < 32:  # too small to be a radiographed hand at this resolution
         return mask, q, False
     sub = segment(np.ascontiguousarray(pixels[y0:y1, x0:x1]))
@@ -144,20 +165,55 @@ def _segment_zoomed(pixels: np.ndarray, segment: Callable[[np.ndarray], np.ndarr
     return full, qs, True
 
 
+def _segment_zoomed(pixels: np.ndarray, segment: Callable[[np.ndarray], np.ndarray]) -> tuple[np.ndarray, MaskQuality, bool]:
+    """The U-Net mask, and when it is small, the mask of a second pass on a crop around it."""
+    mask = segment(pixels)
+    q = mask_quality(mask)
+    if not mask.any() or q.metrics.get("area_frac", 0.0) >= ZOOM_BELOW:
+        return mask, q, False
+    ys, xs = np.nonzero(mask)
+    y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
+    pad = ZOOM_MARGIN * max(y1 - y0, x1 - x0)
+    h, w = mask.shape
+    box = max(0, math.floor(y0 - pad)), min(h, math.ceil(y1 + pad)), max(0, math.floor(x0 - pad)), min(w, math.ceil(x1 + pad))
+    return _segment_crop(pixels, segment, box, mask, q)
+
+
+def _on_film(hand: Hand, segment: Callable[[np.ndarray], np.ndarray]) -> Hand:
+    """`hand`, or when its outline is not hand-like (it outlines the plate, or leaked along a collimation
+    edge) or has fingers but nothing of a hand inside (`is_hand` would refuse it: a plate's outline with
+    concavities), the outline of a pass on `film_box`, if that scores better and is not flat inside: the
+    U-Net can draw a hand into the black of an empty collimated field (tune stress 11043: texture 0)."""
+    q = hand.quality
+    if q.ok or (hand_present(q) and texture(hand.pixels, hand.mask) >= MIN_TEXTURE
+                and detail(hand.pixels, hand.mask) >= MIN_DETAIL):
+        return hand
+    if (box := film_box(hand.pixels)) is None:
+        return hand
+    mask, qf, on_film = _segment_crop(hand.pixels, segment, box, hand.mask, q)
+    if not on_film or texture(hand.pixels, mask) < MIN_TEXTURE:
+        return hand
+    return Hand(hand.pixels, mask, qf, inverted=False, zoomed=True)
+
+
 def find_hand(pixels: np.ndarray, segment: Callable[[np.ndarray], np.ndarray], polarity_known: bool = False,
-              outline: Hand | None = None) -> Hand:
+              outline: Hand | None = None, film: bool = True) -> Hand:
     """Mask and polarity of the hand. One U-Net pass when the first mask shows bone clearly bright
     (almost every radiograph); else the inverse image too, and the contrast inside the better mask decides.
-    `outline`: what `find_hand(pixels, segment, True)` returned for these very pixels (its pass is reused)."""
+    `outline`: what `find_hand(pixels, segment, True)` returned for these very pixels (its pass is reused).
+    `film`: segment the sub-film again when no outline is hand-like (`_on_film`)."""
     if outline is None:
         mask, q, zoomed = _segment_zoomed(pixels, segment)
         outline = Hand(pixels, mask, q, inverted=False, zoomed=zoomed)
     if polarity_known or (outline.quality.ok and outline.contrast > CLEAR):
-        return outline
+        return _on_film(outline, segment) if film else outline
     neg = 1.0 - pixels
     mask_n, q_n, zoomed_n = _segment_zoomed(neg, segment)
     # The hand shows better in the inverse: its outline, not yet its polarity.
     hand = Hand(pixels, mask_n, q_n, inverted=False, zoomed=zoomed_n) if _score(q_n) > _score(outline.quality) else outline
+    # Neither grey scale outlined a hand: the film, when there is one, on its own (after the inverse pass:
+    # on a bright plate the inverse outlines the whole hand, a tight crop around it only part; tune 10971).
+    hand = _on_film(hand, segment) if film else hand
     c = hand.contrast
     # Only clear evidence inverts. The U-Net's preference is no evidence: on a bright plate it outlines
     # the hand better in the inverse (tune: 3 wrong inversions of 150 plate/collimation images when it
