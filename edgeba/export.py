@@ -256,17 +256,19 @@ def _onnx_float_nodes(path: Path, keep: Iterable[str]) -> list[str]:
     return nodes
 
 
-def _onnx_exact_upsample(path: Path, activation_type) -> tuple[list[str], dict]:
+def _onnx_exact_upsample(path: Path, activation_type, calib: list[dict]) -> tuple[list[str], dict]:
     """(nodes to keep float, scale overrides) that make bilinear upsampling exact in onnxruntime.
 
     Before each linear Resize sits a Clip with constant bounds (ReLU6 in the U-Net). Its input is
-    quantized with a power-of-two scale covering the bounds, and the Clip, the Resize and every Add the
+    quantized with the smallest power-of-two scale whose range covers what the calibration feeds reach
+    (the Clip's upper bound at most: a ReLU6 that never nears 6 keeps its resolution), and the Clip, the Resize and every Add the
     Resize feeds stay float: the dequantized values are then short dyadic numbers, the Clip keeps them
     so, the interpolation (1/16 multiples of them at 2x, half_pixel) is exact in float32 whatever the
     summation order or FMA, and the Add rounds once (IEEE): the same result on every CPU. The Clip stays
-    because the power-of-two range (0 to 7.97 for ReLU6) no longer clips at its upper bound.
+    because the power-of-two range (e.g. 0 to 7.97 for ReLU6) need not end at its upper bound.
     """
     import onnx
+    import onnxruntime as ort
     from onnx import numpy_helper
     from onnxruntime.quantization import QuantType
 
@@ -274,7 +276,7 @@ def _onnx_exact_upsample(path: Path, activation_type) -> tuple[list[str], dict]:
     consts = {i.name: numpy_helper.to_array(i) for i in g.initializer}
     producer = {o: n for n in g.node for o in n.output}
     info = np.iinfo(np.uint8 if activation_type == QuantType.QUInt8 else np.int8)
-    nodes, overrides = [], {}
+    nodes, overrides, clips = [], {}, []
     for r in g.node:
         if r.op_type != "Resize" or next((a.s for a in r.attribute if a.name == "mode"), b"") != b"linear":
             continue
@@ -284,9 +286,22 @@ def _onnx_exact_upsample(path: Path, activation_type) -> tuple[list[str], dict]:
         lo, hi = (float(consts[i]) for i in clip.input[1:3])
         if lo < 0:
             raise ValueError(f"{r.name}: exact upsampling needs a non-negative input, the Clip allows {lo}")
-        scale = 2.0 ** np.ceil(np.log2(hi / (int(info.max) - int(info.min))))
-        overrides[clip.input[0]] = [{"scale": np.array(scale, np.float32), "zero_point": np.array(info.min, info.dtype)}]
+        clips.append((clip, hi))
         nodes += [clip.name, r.name] + [n.name for n in g.node if n.op_type == "Add" and r.output[0] in n.input]
+    if clips:
+        m = onnx.load(str(path))
+        m.graph.output.extend(onnx.helper.make_empty_tensor_value_info(c.output[0]) for c, _ in clips)
+        sess = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+        names = [o.name for o in sess.get_outputs()]
+        seen = {c.output[0]: 0.0 for c, _ in clips}
+        for feed in calib:
+            for name, v in zip(names, sess.run(None, feed)):
+                if name in seen:
+                    seen[name] = max(seen[name], float(np.max(v)))
+        for clip, hi in clips:
+            top = min(hi, seen[clip.output[0]]) or hi
+            scale = 2.0 ** np.ceil(np.log2(top / (int(info.max) - int(info.min))))
+            overrides[clip.input[0]] = [{"scale": np.array(scale, np.float32), "zero_point": np.array(info.min, info.dtype)}]
     return nodes, overrides
 
 
@@ -302,7 +317,7 @@ def write_onnx_int8(fp32: Path, out: Path, calib: list[dict], q: QuantOptions) -
         activation_type = QuantType.QUInt8 if q.onnx_types[:2] == "U8" else QuantType.QInt8
         exclude, overrides = _onnx_float_nodes(pre, q.keep_float), {}
         if q.onnx_exact_upsample:
-            exact, overrides = _onnx_exact_upsample(pre, activation_type)
+            exact, overrides = _onnx_exact_upsample(pre, activation_type, calib)
             exclude += exact
         quantize_static(
             str(pre),
