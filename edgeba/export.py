@@ -63,6 +63,13 @@ class QuantOptions:
     # all 8 bits (regressor p95 |INT8 - float| 1.91 -> 0.68 months vs S8S8 reduce_range, PARITY.md).
     onnx_types: str = "U8U8"  # or "S8S8"
     onnx_reduce_range: bool = False
+    # ONNX only: the U-Net's bilinear upsampling (Resize) and the skip Add after it stay float, fed
+    # by power-of-two activation scales, so onnxruntime computes them exactly and identically on every
+    # CPU. Quantized, they differed between x86 and aarch64 by one step on ~0.1 % of values (a decision
+    # flipped, 15.5 months apart): QLinearAdd is float arithmetic on x86 but fixed-point on ARM (MLAS
+    # qladd.cpp), and the requantized float Resize lands on exact .5 ties whose side the summation order
+    # and FMA decide (benchmarks/README.md, "Same months on aarch64?").
+    onnx_exact_upsample: bool = False
     nncf_preset: str = "MIXED"  # asymmetric activations: ELU/BatchNorm outputs are not >= 0
     nncf_overflow_fix: str = "ENABLE"  # same saturation trap as reduce_range, for OpenVINO
     # NNCF's fast bias correction added +0.5 months of bias to one regressor (none without it).
@@ -78,7 +85,7 @@ class QuantOptions:
 
 
 DEFAULT_QUANT = {
-    "segment": QuantOptions(keep_float=(), tflite_output_float=False),
+    "segment": QuantOptions(keep_float=(), tflite_output_float=False, onnx_exact_upsample=True),
     # First conv float too: chosen on tune for relu_sex_enh_noseg_pre (OpenVINO p95 |INT8 - float| 1.60 -> 1.46
     # months, TFLite 0.77 -> 0.66, ONNX unchanged; export/PARITY.md). It is 1.6 % of the regressor's MACs.
     "regress": QuantOptions(keep_float=("input", "output")),
@@ -249,6 +256,55 @@ def _onnx_float_nodes(path: Path, keep: Iterable[str]) -> list[str]:
     return nodes
 
 
+def _onnx_exact_upsample(path: Path, activation_type, calib: list[dict]) -> tuple[list[str], dict]:
+    """(nodes to keep float, scale overrides) that make bilinear upsampling exact in onnxruntime.
+
+    Before each linear Resize sits a Clip with constant bounds (ReLU6 in the U-Net). Its input is
+    quantized with the smallest power-of-two scale whose range covers what the calibration feeds reach
+    (the Clip's upper bound at most: a ReLU6 that never nears 6 keeps its resolution), and the Clip, the Resize and every Add the
+    Resize feeds stay float: the dequantized values are then short dyadic numbers, the Clip keeps them
+    so, the interpolation (1/16 multiples of them at 2x, half_pixel) is exact in float32 whatever the
+    summation order or FMA, and the Add rounds once (IEEE): the same result on every CPU. The Clip stays
+    because the power-of-two range (e.g. 0 to 7.97 for ReLU6) need not end at its upper bound.
+    """
+    import onnx
+    import onnxruntime as ort
+    from onnx import numpy_helper
+    from onnxruntime.quantization import QuantType
+
+    g = onnx.load(str(path)).graph
+    consts = {i.name: numpy_helper.to_array(i) for i in g.initializer}
+    producer = {o: n for n in g.node for o in n.output}
+    info = np.iinfo(np.uint8 if activation_type == QuantType.QUInt8 else np.int8)
+    nodes, overrides, clips = [], {}, []
+    for r in g.node:
+        if r.op_type != "Resize" or next((a.s for a in r.attribute if a.name == "mode"), b"") != b"linear":
+            continue
+        clip = producer.get(r.input[0])
+        if clip is None or clip.op_type != "Clip" or not all(i in consts for i in clip.input[1:3]):
+            raise ValueError(f"{r.name}: exact upsampling needs a Clip with constant bounds before the Resize")
+        lo, hi = (float(consts[i]) for i in clip.input[1:3])
+        if lo < 0:
+            raise ValueError(f"{r.name}: exact upsampling needs a non-negative input, the Clip allows {lo}")
+        clips.append((clip, hi))
+        nodes += [clip.name, r.name] + [n.name for n in g.node if n.op_type == "Add" and r.output[0] in n.input]
+    if clips:
+        m = onnx.load(str(path))
+        m.graph.output.extend(onnx.helper.make_empty_tensor_value_info(c.output[0]) for c, _ in clips)
+        sess = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+        names = [o.name for o in sess.get_outputs()]
+        seen = {c.output[0]: 0.0 for c, _ in clips}
+        for feed in calib:
+            for name, v in zip(names, sess.run(None, feed)):
+                if name in seen:
+                    seen[name] = max(seen[name], float(np.max(v)))
+        for clip, hi in clips:
+            top = min(hi, seen[clip.output[0]]) or hi
+            scale = 2.0 ** np.ceil(np.log2(top / (int(info.max) - int(info.min))))
+            overrides[clip.input[0]] = [{"scale": np.array(scale, np.float32), "zero_point": np.array(info.min, info.dtype)}]
+    return nodes, overrides
+
+
 def write_onnx_int8(fp32: Path, out: Path, calib: list[dict], q: QuantOptions) -> None:
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -258,6 +314,11 @@ def write_onnx_int8(fp32: Path, out: Path, calib: list[dict], q: QuantOptions) -
         # Folds BatchNorm/constants so quantization sees the inference graph; shapes are static (batch 1),
         # so the symbolic shape pass (and its sympy dependency) is not needed.
         quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)
+        activation_type = QuantType.QUInt8 if q.onnx_types[:2] == "U8" else QuantType.QInt8
+        exclude, overrides = _onnx_float_nodes(pre, q.keep_float), {}
+        if q.onnx_exact_upsample:
+            exact, overrides = _onnx_exact_upsample(pre, activation_type, calib)
+            exclude += exact
         quantize_static(
             str(pre),
             str(out),
@@ -265,10 +326,11 @@ def write_onnx_int8(fp32: Path, out: Path, calib: list[dict], q: QuantOptions) -
             quant_format=QuantFormat.QDQ,
             per_channel=True,
             reduce_range=q.onnx_reduce_range,
-            activation_type=QuantType.QUInt8 if q.onnx_types[:2] == "U8" else QuantType.QInt8,
+            activation_type=activation_type,
             weight_type=QuantType.QUInt8 if q.onnx_types[2:] == "U8" else QuantType.QInt8,
-            nodes_to_exclude=_onnx_float_nodes(pre, q.keep_float),
+            nodes_to_exclude=exclude,
             calibrate_method=getattr(CalibrationMethod, q.onnx_calibrate),
+            extra_options={"TensorQuantOverrides": overrides} if overrides else None,
         )
 
 
