@@ -272,7 +272,8 @@ def _onnx_exact_upsample(path: Path, activation_type, calib: list[dict]) -> tupl
     from onnx import numpy_helper
     from onnxruntime.quantization import QuantType
 
-    g = onnx.load(str(path)).graph
+    model = onnx.load(str(path))
+    g = model.graph
     consts = {i.name: numpy_helper.to_array(i) for i in g.initializer}
     producer = {o: n for n in g.node for o in n.output}
     info = np.iinfo(np.uint8 if activation_type == QuantType.QUInt8 else np.int8)
@@ -288,10 +289,9 @@ def _onnx_exact_upsample(path: Path, activation_type, calib: list[dict]) -> tupl
             raise ValueError(f"{r.name}: exact upsampling needs a non-negative input, the Clip allows {lo}")
         clips.append((clip, hi))
         nodes += [clip.name, r.name] + [n.name for n in g.node if n.op_type == "Add" and r.output[0] in n.input]
-    if clips:
-        m = onnx.load(str(path))
-        m.graph.output.extend(onnx.helper.make_empty_tensor_value_info(c.output[0]) for c, _ in clips)
-        sess = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+    if clips:  # the calibration range of each Clip's output: the graph with those outputs exposed
+        g.output.extend(onnx.helper.make_empty_tensor_value_info(c.output[0]) for c, _ in clips)
+        sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
         names = [o.name for o in sess.get_outputs()]
         seen = {c.output[0]: 0.0 for c, _ in clips}
         for feed in calib:

@@ -55,7 +55,7 @@ def test_a_variant_is_what_the_pipeline_prepares_for_the_regressor(tmp_path):
     path = tmp_path / "v.png"
     stress._write(path, acquisition.DRAWS["noise"](img, p0.mask, rng))
     p = Predictor(None, "tflite", threads=1).predict(path, "male" if case.male else "female")
-    cfg = next(iter(acquisition._predictor.inputs.values()))
+    cfg = acquisition._predictor.cfg
     expect = np.round(crop_stage(p.radiograph.pixels, p.mask, cfg) * 255).astype(np.uint8)
     assert crop.dtype == np.uint8 and np.array_equal(crop, expect) and ok == p.mask_quality["ok"]
     assert not np.array_equal(crop, np.round(crop_stage(p0.radiograph.pixels, p0.mask, cfg) * 255).astype(np.uint8))

@@ -55,7 +55,7 @@ def main(argv=None) -> dict:
     check_geometry(cache, cfg.preprocess, str(a.cache))
     # The images the run was fitted on: its fitted splits (train, + tune after --fit-tune), QC-passing masks
     # (as regressor.train does).
-    splits = ("train", "tune") if conf.get("fit_tune") else ("train",)
+    splits = cfg.fitted_splits
     fit = np.isin(cache["split"], splits) & (cache["mask_ok"] if conf.get("qc_only", True) else True)
     model = keras.models.load_model(a.source / "regressor.keras")
     n_bn = precise_bn(model, model_inputs(cache["crops"][fit], cache["male"][fit], cfg))

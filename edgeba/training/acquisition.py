@@ -25,6 +25,8 @@ import numpy as np
 
 from edgeba import dataset, stress
 from edgeba.errors import EdgebaError
+from edgeba.manifest import load_manifest
+from edgeba.preprocess import input_configs
 from edgeba.training.crops import crop_u8, read_mask, write_crop_cache
 
 SEED = 20261204  # not the stress suite's 20261203
@@ -67,8 +69,7 @@ def variant_crop(case, name: str, mask_dir: Path, seed: int = SEED):
             p = _predictor.predict(path, "male" if case.male else "female")
         except EdgebaError:
             return None
-    cfg = next(iter(_predictor.inputs.values()))
-    return crop_u8(p.radiograph.pixels, p.mask, cfg), bool(p.mask_quality["ok"])
+    return crop_u8(p.radiograph.pixels, p.mask, _predictor.cfg), bool(p.mask_quality["ok"])
 
 
 def _one(job):
@@ -83,8 +84,7 @@ def build(out: Path, mask_dir: Path, model: Path | None = None, backend: str = "
     with ProcessPoolExecutor(workers, initializer=_start, initargs=(model, backend)) as pool:
         results = list(pool.map(_one, [(c, n, mask_dir, seed) for c, n in jobs], chunksize=8))
     kept = [(c, n, r) for (c, n), r in zip(jobs, results) if r is not None]
-    _start(model, backend)  # the geometry config, in this process
-    cfg = next(iter(_predictor.inputs.values()))
+    cfg = input_configs(load_manifest(model).data)["image"]  # the geometry of the crops (Predictor.cfg)
     write_crop_cache(out, cfg, [f"{c.id}/{n}" for c, n, _ in kept], [c.boneage_months for c, _, _ in kept],
                      [c.male for c, _, _ in kept], [c.split for c, _, _ in kept], [r[1] for _, _, r in kept],
                      np.stack([r[0] for _, _, r in kept]), command)

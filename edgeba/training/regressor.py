@@ -57,6 +57,11 @@ class RegressorConfig:
     # last epoch) is then measured on tune without having been chosen there.
     keep_last: bool = False
 
+    @property
+    def fitted_splits(self) -> tuple[str, ...]:
+        """The splits the regressor is fitted on (tune only in a final fit); val never."""
+        return ("train", "tune") if self.fit_tune else ("train",)
+
     def to_dict(self) -> dict:
         d = asdict(self)
         d["preprocess"] = self.preprocess.to_dict()
@@ -232,7 +237,7 @@ def load_mix_pool(cfg: RegressorConfig, target: dict) -> tuple:
     Val ids never (a low-res cache holds none; an acquisition cache draws none)."""
     mc = load_crop_cache(Path(cfg.mix_cache))
     check_geometry(mc, cfg.preprocess, "mix cache")
-    mt = np.isin(mc["split"], ("train", "tune") if cfg.fit_tune else ("train",))
+    mt = np.isin(mc["split"], cfg.fitted_splits)
     return mc["crops"][mt], mc["male"][mt], (mc["age"][mt] - target["mean"]) / target["std"]
 
 
@@ -244,8 +249,7 @@ def train(cache_path: Path, run_dir: Path, cfg: RegressorConfig, workers: int = 
     # Fit and select only on crops whose mask passed QC: at inference a failed mask is refused,
     # so a regressor never needs to learn from one. Val is reported on every image.
     ok = cache["mask_ok"] if cfg.qc_only else np.ones(len(cache["ids"]), bool)
-    fit_splits = ("train", "tune") if cfg.fit_tune else ("train",)
-    tr = np.isin(cache["split"], fit_splits) & ok
+    tr = np.isin(cache["split"], cfg.fitted_splits) & ok
     tu = (cache["split"] == "tune") & ok & ~tr
     target = {"mean": float(cache["age"][tr].mean()), "std": float(cache["age"][tr].std())}
     fit_months = cache["age"]
@@ -288,7 +292,7 @@ def train(cache_path: Path, run_dir: Path, cfg: RegressorConfig, workers: int = 
     shipped.set_weights(best.get_weights())
     shipped.save(run_dir / "regressor.keras")
     return write_metrics(best, cache, cfg, target, run_dir, int(tr.sum()), int(tu.sum()),
-                         train_seconds=round(train_s, 1), backend=keras.config.backend(), fit_splits=list(fit_splits))
+                         train_seconds=round(train_s, 1), backend=keras.config.backend(), fit_splits=list(cfg.fitted_splits))
 
 
 def write_metrics(model, cache, cfg, target, run_dir: Path, n_train: int, n_tune: int, **extra) -> dict:
