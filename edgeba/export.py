@@ -473,7 +473,7 @@ def calibration_feeds(unet, inputs: dict, sex_input: bool, n: int = N_CALIB) -> 
     images whose mask fails the QC are skipped, as the runtime refuses them.
     """
     from edgeba.io import load_image
-    from edgeba.preprocess import crops_to_hand, regressor_feeds
+    from edgeba.preprocess import crops_to_hand, regressor_feeds, source_mask, work_image, work_side
     from edgeba.quality import mask_quality
     from edgeba.segment import mask_from_prob, unet_input
 
@@ -484,15 +484,16 @@ def calibration_feeds(unet, inputs: dict, sex_input: bool, n: int = N_CALIB) -> 
         if len(reg) == n:
             break
         pixels = load_image(c.image_path).pixels
-        x, box = unet_input(pixels, unet_size)
+        work = work_image(pixels, work_side(inputs))  # the runtime's U-Net sees its working copy
+        x, box = unet_input(work, unet_size)
         seg.append({"image": x[None, :, :, None]})  # the U-Net sees every image, passing QC or not
         mask = None
         if crops:
-            mask = mask_from_prob(np.asarray(unet(seg[-1]["image"], training=False)), box, pixels.shape)
+            mask = mask_from_prob(np.asarray(unet(seg[-1]["image"], training=False)), box, work.shape)
             if not mask_quality(mask).ok:
                 skipped += 1
                 continue
-        r = regressor_feeds(pixels, mask, inputs)[0]
+        r = regressor_feeds(pixels, source_mask(mask, pixels.shape), inputs)[0]
         if sex_input:
             r["sex"] = np.array([[float(c.male)]], np.float32)
         reg.append(r)
@@ -648,7 +649,7 @@ def parity(model_dir: str | os.PathLike, split: str = "val", limit: int | None =
     from edgeba.dataset import split_cases
     from edgeba.io import load_image
     from edgeba.manifest import load_manifest as load_model_manifest
-    from edgeba.preprocess import crops_to_hand, input_configs, regressor_feeds
+    from edgeba.preprocess import crops_to_hand, input_configs, regressor_feeds, source_mask, work_image, work_side
     from edgeba.segment import mask_from_prob, unet_input
 
     m = load_model_manifest(model_dir)
@@ -683,15 +684,16 @@ def parity(model_dir: str | os.PathLike, split: str = "val", limit: int | None =
         pixels = load_image(c.image_path).pixels
         masks = {}
         if seg_fmts:
-            x, box = unet_input(pixels, cfg.unet_size)
+            work = work_image(pixels, work_side(inputs))  # the U-Net and its mask on the runtime's working copy
+            x, box = unet_input(work, cfg.unet_size)
             for fmt, r in runners["segment"].items():
-                masks[fmt] = mask_from_prob(r({"image": x[None, :, :, None]}), box, pixels.shape)
+                masks[fmt] = mask_from_prob(r({"image": x[None, :, :, None]}), box, work.shape)
                 iou[fmt].append(_iou(masks[fmt], masks["keras"]))
                 gate[fmt].append(_accepted(masks[fmt], crops))
         sex = {"sex": np.array([[float(c.male)]], np.float32)} if m.sex_input else {}
 
         def months(fmt: str, mask) -> list[float]:
-            return [regress.months(runners["regress"][fmt](v | sex), m.target) for v in regressor_feeds(pixels, mask, inputs, tta)]
+            return [regress.months(runners["regress"][fmt](v | sex), m.target) for v in regressor_feeds(pixels, source_mask(mask, pixels.shape), inputs, tta)]
 
         for fmt in reg:
             reg[fmt].append(months(fmt, masks.get("keras")))

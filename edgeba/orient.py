@@ -55,7 +55,10 @@ def _turnable(hand: Hand, is_upright: bool) -> bool:
     return is_upright and hand.contrast > MIN_TURN_CONTRAST  # NaN (no bone found): never
 
 
-def _turn(pixels: np.ndarray, k: int) -> np.ndarray:
+def turn(pixels: np.ndarray, k: int) -> np.ndarray:
+    """`pixels` turned k quarter turns counter-clockwise (np.rot90), contiguous; k = 0 returns them as they are."""
+    if k % 4 == 0:
+        return pixels
     return np.ascontiguousarray(np.rot90(pixels, k))
 
 
@@ -72,14 +75,14 @@ def find_upright_hand(pixels: np.ndarray, segment: Callable[[np.ndarray], np.nda
     # down, re-segmented on the field alone, can pass QC with part of the hand and out-rank the stored
     # image's leaky but hand-like outline (train stress, collimation: 3 of the first 22 upright hands
     # were turned 180 degrees).
-    hands = {0: first, 2: find_hand(_turn(first.pixels, 2), segment, True, film=False)}
+    hands = {0: first, 2: find_hand(turn(first.pixels, 2), segment, True, film=False)}
     ranks = {k: _rank(h) for k, h in hands.items()}  # each outline judged once (upright_angle is not free)
     if _settled(first, ranks[0], ranks[2]):
         return first, 0
     turns = 0
     for k in (1, 2, 3):
         if k not in hands:
-            hands[k] = find_hand(_turn(first.pixels, k), segment, True, film=False)
+            hands[k] = find_hand(turn(first.pixels, k), segment, True, film=False)
             ranks[k] = _rank(hands[k])
         # Only to an upright outline, and only when strictly better (ties keep the image as stored): a
         # non-hand segmented four ways must not get four chances to pass as one (tests/test_hand.py).
@@ -88,7 +91,7 @@ def find_upright_hand(pixels: np.ndarray, segment: Callable[[np.ndarray], np.nda
     if turns == 0:
         return first, 0
     if first.inverted:
-        hand = find_hand(_turn(pixels, turns), segment, polarity_known, film=False)
+        hand = find_hand(turn(pixels, turns), segment, polarity_known, film=False)
     else:  # the candidate's pixels are the stored ones turned: its pass stands, only the polarity is left
         hand = find_hand(hands[turns].pixels, segment, polarity_known, outline=hands[turns], film=False)
     # The polarity pass may outline something else; a turn needs an upright hand in the end too.

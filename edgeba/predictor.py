@@ -19,8 +19,8 @@ from edgeba.errors import InputError, SegmentationError
 from edgeba.hand import MIN_DETAIL, detail, is_hand, texture
 from edgeba.io import Radiograph, load_image
 from edgeba.manifest import load_manifest
-from edgeba.orient import find_upright_hand
-from edgeba.preprocess import crops_to_hand, input_configs, regressor_feeds
+from edgeba.orient import find_upright_hand, turn
+from edgeba.preprocess import crops_to_hand, input_configs, regressor_feeds, source_mask, work_image, work_side
 from edgeba.reframe import reframe
 from edgeba.segment import mask_from_prob, unet_input
 
@@ -45,8 +45,15 @@ class Prediction:
     unet_passes: int = 0  # U-Net runs this prediction made (orientation, inverse, zoom: edgeba/orient.py, hand.py)
     chronological_age_months: float | None = None
     bone_minus_chronological_months: float | None = None
-    radiograph: Radiograph | None = field(default=None, repr=False)
-    mask: np.ndarray | None = field(default=None, repr=False)
+    radiograph: Radiograph | None = field(default=None, repr=False)  # the working copy (preprocess.work_image), as scored
+    mask: np.ndarray | None = field(default=None, repr=False)  # on the working copy
+    # The file's own pixels turned, inverted and re-framed as the working copy was: the regressor's input is cut
+    # from them, as in training (preprocess.regressor_feeds with source_mask).
+    source_pixels: np.ndarray | None = field(default=None, repr=False)
+
+    def source_mask(self) -> np.ndarray | None:
+        """The mask on the source pixels' grid."""
+        return None if self.mask is None else source_mask(self.mask, self.source_pixels.shape)
 
     def to_json(self) -> dict:
         return {
@@ -86,6 +93,7 @@ class Predictor:
         self.inputs = input_configs(self.manifest.data)
         self.cfg = self.inputs["image"]  # its unet_size is the U-Net's
         self.crops = crops_to_hand(self.inputs)
+        self.work_side = work_side(self.inputs)
         self.crop_margin = next((c.margin for c in self.inputs.values() if c.segment), self.cfg.margin)  # for the overlay
         self.target = self.manifest.target
         # Test-time augmentation: the mean over the fixed views of edgeba.preprocess.TTA_VIEWS, when the
@@ -116,7 +124,7 @@ class Predictor:
         return sex, "argument", warn
 
     def _segment(self, pixels: np.ndarray) -> np.ndarray:
-        """One U-Net pass: the full-resolution hand mask of `pixels`."""
+        """One U-Net pass: the hand mask of `pixels` (the working copy, or a turned or cropped part of it)."""
         self._unet_passes += 1
         x, box = unet_input(pixels, self.cfg.unet_size)
         return mask_from_prob(self.unet.run({"image": x[None, :, :, None]}), box, pixels.shape)
@@ -127,6 +135,12 @@ class Predictor:
         name = Path(path).name
         t_all = t0 = time.perf_counter()
         rad = load_image(path)
+        # Segmentation, QC and the conditions work on a small copy (preprocess.work_image); grain is measured
+        # on the file's own pixels (the flag's threshold was chosen there), and the regressor's input is cut
+        # from them too (the models were fitted on crops of the full-resolution image).
+        full = rad.pixels
+        noise = conditions.noise_level(full) if self.unet is not None else None
+        rad.pixels = work_image(full, self.work_side)
         timings["load"] = _ms(t0)
         used_sex, source, warnings = self._sex(rad, sex, name)
         warnings = list(rad.warnings) + warnings
@@ -138,6 +152,9 @@ class Predictor:
             hand, turns = find_upright_hand(rad.pixels, self._segment, rad.polarity_known)
             timings["segment"] = _ms(t0)
             rad.pixels, mask, q, inverted = hand.pixels, hand.mask, hand.quality, hand.inverted
+            full = turn(full, turns)
+            if inverted:
+                full = 1.0 - full
             warnings += hand.warnings
             if turns:
                 warnings.append(f"turned the image {90 * turns} degrees counter-clockwise so the fingers point up")
@@ -153,8 +170,8 @@ class Predictor:
                 # A real hand is scored however it is framed; a poor outline is the reader's to check.
                 where = "the model crops to it" if self.crops else "the model does not crop to it"
                 warnings.append(f"hand mask failed quality checks ({why}); {where}, check the overlay")
-            # Measured once the image is to be scored (a refusal needs none of it): noise costs a full-resolution pass.
-            measured = conditions.measure(rad.pixels, mask)
+            # Measured once the image is to be scored (a refusal needs none of it).
+            measured = conditions.measure(rad.pixels, mask, noise)
             quality["metrics"] |= {k: round(v, 4) for k, v in measured.items()}
             flags = conditions.flagged(measured)
             warnings += [c.warning.format(value=measured[c.name]) for c in flags]
@@ -162,13 +179,13 @@ class Predictor:
             warnings.append("this model has no segmentation stage: nothing checked that the image shows a hand")
 
         t0 = time.perf_counter()
-        if mask is not None and quality["ok"] and not self.cfg.segment and (r := reframe(rad.pixels, mask)) is not None:
+        if mask is not None and quality["ok"] and not self.cfg.segment and (r := reframe(rad.pixels, mask, full)) is not None:
             # A whole-image model is only as good as the framing it was fitted on (edgeba/reframe.py); an
             # outline that failed QC is not one to move the image by.
-            rad.pixels, mask = r.pixels, r.mask
+            rad.pixels, mask, full = r.pixels, r.mask, r.source
             quality["metrics"]["reframed"] = True
             warnings.append(f"{r.why}: estimated on the hand turned upright and framed like a typical radiograph")
-        views = regressor_feeds(rad.pixels, mask, self.inputs, self.tta)
+        views = regressor_feeds(full, source_mask(mask, full.shape) if self.crops else None, self.inputs, self.tta)
         timings["preprocess"] = _ms(t0)
 
         t0 = time.perf_counter()
@@ -203,4 +220,5 @@ class Predictor:
             bone_minus_chronological_months=diff,
             radiograph=rad,
             mask=mask,
+            source_pixels=full,
         )

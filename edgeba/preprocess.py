@@ -16,6 +16,7 @@ import numpy as np
 
 from edgeba.crop import canonical_crop, plain_resize
 from edgeba.enhance import normalize, sharpen
+from edgeba.segment import upsample_mask
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,41 @@ def input_configs(data: dict, **override) -> dict[str, PreprocessConfig]:
     `override` sets fields of every one (export: the U-Net's size)."""
     given = {"image": data.get("preprocess", {}), **(data.get("extra_inputs") or {})}
     return {k: PreprocessConfig.from_dict({**v, **override}) for k, v in given.items()}
+
+
+# The pipeline works on one copy of the radiograph at this long side (or the larger side a hand-crop input
+# needs), made by one area resize right after loading: the U-Net sees 128 px, its mask is cleaned at 512
+# (segment.MASK_WORK_SIDE), the QC, polarity and condition checks look at 256-512 px, and a whole-image
+# regressor is fed from the file's own pixels (see work_image). Nothing else needs the full resolution, which
+# cost most of each image's time (issue 16); the overlay is drawn from this copy too.
+WORK_SIDE = 512
+
+
+def work_side(inputs: dict[str, PreprocessConfig]) -> int:
+    """Long side of the working copy for a model with these inputs: WORK_SIDE, or twice a hand crop's
+    input side (the hand fills about half the film) or a whole-image input's side when that is larger."""
+    return max([WORK_SIDE] + [c.input_size * (2 if c.segment else 1) for c in inputs.values()])
+
+
+def work_image(pixels: np.ndarray, side: int) -> np.ndarray:
+    """The radiograph with its long side at most `side` px (area average; float64 resampling so every CPU
+    gets the same pixels, see crop_stage), float32: what the U-Net, the mask QC, polarity and condition
+    checks see at runtime, in export calibration and in parity. Not the regressor: its input is cut from
+    the source pixels, as its training crops were (a resize chain blurs the crop a little, and the
+    sharpening kernel turns that into estimates up to 20 months off: val/tune, 403 images)."""
+    h, w = pixels.shape
+    s = side / max(h, w)
+    if s >= 1.0:
+        return np.ascontiguousarray(pixels, dtype=np.float32)
+    size = (max(1, round(w * s)), max(1, round(h * s)))
+    return cv2.resize(pixels.astype(np.float64), size, interpolation=cv2.INTER_AREA).astype(np.float32)
+
+
+def source_mask(mask: np.ndarray | None, shape: tuple[int, int]) -> np.ndarray | None:
+    """A working-copy mask on the source pixels' grid (a hand-crop input is cut from the source)."""
+    if mask is None or mask.shape == tuple(shape):
+        return mask
+    return upsample_mask(mask, shape)
 
 
 def crops_to_hand(inputs: dict[str, PreprocessConfig]) -> bool:

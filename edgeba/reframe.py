@@ -43,6 +43,16 @@ class Reframed:
     pixels: np.ndarray
     mask: np.ndarray
     why: str  # what was atypical, for the prediction's warning
+    source: np.ndarray | None = None  # the same frame cut from the source pixels, when given
+
+
+def _on_grid(m: np.ndarray, shape: tuple[int, int], source_shape: tuple[int, int]) -> tuple[np.ndarray, float, float]:
+    """The affine `m` (in `shape`'s pixels) for an image of `source_shape` showing the same film: its
+    matrix and the output scale (x, y). Pixel centres map as an area resize maps them."""
+    sy, sx = source_shape[0] / shape[0], source_shape[1] / shape[1]
+    a = np.array([[sx, 0, 0.5 * sx - 0.5], [0, sy, 0.5 * sy - 0.5], [0, 0, 1]])  # working px -> source px
+    full = np.vstack([m, [0, 0, 1]])
+    return (a @ full @ np.linalg.inv(a))[:2], sx, sy
 
 
 def _surround_level(pixels: np.ndarray, mask: np.ndarray, ys: np.ndarray, xs: np.ndarray) -> float:
@@ -59,9 +69,10 @@ def _surround_level(pixels: np.ndarray, mask: np.ndarray, ys: np.ndarray, xs: np
     return float(np.median(pixels[y0:y1, x0:x1][band])) if band.any() else 0.0
 
 
-def reframe(pixels: np.ndarray, mask: np.ndarray) -> Reframed | None:
+def reframe(pixels: np.ndarray, mask: np.ndarray, source: np.ndarray | None = None) -> Reframed | None:
     """The hand upright and framed like a typical train radiograph; None when it already is, or when
-    the outline is not one to move the image by. Call it only with a mask that passed QC."""
+    the outline is not one to move the image by. Call it only with a mask that passed QC. `source`: the
+    same film at a higher resolution (the file's pixels), framed the same way into `Reframed.source`."""
     if not mask.any():
         return None
     ys, xs = np.nonzero(mask)
@@ -91,6 +102,11 @@ def reframe(pixels: np.ndarray, mask: np.ndarray) -> Reframed | None:
     out = cv2.warpAffine(pixels.astype(np.float64), m, size, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
                          borderValue=fill).astype(np.float32)
     out_mask = cv2.warpAffine(mask.astype(np.uint8), m, size, flags=cv2.INTER_NEAREST, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+    framed_source = None
+    if source is not None:
+        ms, sx, sy = _on_grid(m, pixels.shape, source.shape)
+        framed_source = cv2.warpAffine(source.astype(np.float64), ms, (max(1, round(frame_w * sx)), max(1, round(frame_h * sy))),
+                                       flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=fill).astype(np.float32)
     why = " and ".join(([f"the hand spans {height:.0%} of the image height"] if small else [])
                        + ([f"it is tilted {tilt:+.0f} degrees"] if tilted else []))
-    return Reframed(out, out_mask, why)
+    return Reframed(out, out_mask, why, framed_source)

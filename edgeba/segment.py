@@ -73,7 +73,7 @@ def dilate_ellipse(x: np.ndarray, k: int) -> np.ndarray:
     return out
 
 
-def _resize_mask(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+def upsample_mask(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     """Upsample through a linear float resize so edges come out smooth, not blocky."""
     big = cv2.resize(mask.astype(np.float64), (shape[1], shape[0]), interpolation=cv2.INTER_LINEAR)
     return (big >= 0.5).view(np.uint8)
@@ -162,7 +162,7 @@ def bootstrap_mask(pixels: np.ndarray) -> np.ndarray:
     # The passing level sits inside the blurred soft-tissue edge: grow the mask by GROW of the image
     # side so fingertips are not clipped (a slightly generous mask costs the crop nothing).
     r = max(1, round(GROW * max(h, w)))
-    grown = cv2.dilate(_resize_mask(best, (h, w)), cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1)))
+    grown = cv2.dilate(upsample_mask(best, (h, w)), cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1)))
     return fill_holes(largest_component(grown))
 
 
@@ -204,5 +204,5 @@ def mask_from_prob(prob: np.ndarray, letterbox: Letterbox, shape: tuple[int, int
     # Back at full resolution the outline is the thresholded map's own (as smooth as before the
     # clean-up moved to the work side): what the work mask kept, cut by the full-resolution threshold.
     full = (cv2.resize(p, (w, h), interpolation=cv2.INTER_LINEAR) >= threshold).view(np.uint8)
-    keep = _resize_mask(cv2.dilate(work, np.ones((3, 3), np.uint8)), (h, w))
+    keep = upsample_mask(cv2.dilate(work, np.ones((3, 3), np.uint8)), (h, w))
     return fill_holes(largest_component(keep & full))

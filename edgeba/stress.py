@@ -242,7 +242,7 @@ def run(model: Path | None, backend: str = "auto", split: str = "val", quick: bo
     `sink(row)` sees each row as soon as it is known (the CLI writes it to disk: a long run that is
     stopped still leaves its rows, which `--from-rows` summarizes)."""
     from edgeba.predictor import Predictor
-    from edgeba.segment import bootstrap_mask
+    from edgeba.segment import upsample_mask, bootstrap_mask
 
     names = names or list(TRANSFORMS)
     unknown = sorted(set(names) - set(TRANSFORMS))
@@ -269,8 +269,8 @@ def run(model: Path | None, backend: str = "auto", split: str = "val", quick: bo
                             "inverted": _inverted(p), "mask_ok": None if p.mask_quality is None else p.mask_quality["ok"],
                             "contrast": None if p.mask_quality is None else p.mask_quality["metrics"].get("bone_contrast"),
                             "warnings": len(p.warnings)}
-                    if name == "clean" and p.mask is not None and p.mask.shape == img.shape:
-                        mask = p.mask
+                    if name == "clean" and p.mask is not None and _as_stored(p):
+                        mask = upsample_mask(p.mask, img.shape)  # the pipeline's mask is on its working copy
                 except EdgebaError as exc:
                     row |= {"status": "refused", "error": str(exc)}
                 path.unlink(missing_ok=True)
@@ -280,6 +280,12 @@ def run(model: Path | None, backend: str = "auto", split: str = "val", quick: bo
             if progress:
                 progress(k, len(cases))
     return rows
+
+
+def _as_stored(p) -> bool:
+    """Whether the prediction's mask lies on the image as stored (not turned, not re-framed)."""
+    m = p.mask_quality["metrics"] if p.mask_quality else {}
+    return not m.get("turned_degrees") and not m.get("reframed")
 
 
 ROW_FIELDS = ["id", "transform", "status", "true", "predicted", "interval", "inverted", "expected_inversion", "mask_ok",

@@ -67,7 +67,7 @@ def model_inputs(predictor, pred) -> tuple[dict | None, dict]:
 
     pixels = pred.radiograph.pixels
     unet = {"image": unet_input(pixels, predictor.cfg.unet_size)[0][None, :, :, None]} if predictor.unet else None
-    return unet, regressor_feed(predictor, pixels, pred.mask, pred.sex)
+    return unet, regressor_feed(predictor, pred.source_pixels, pred.source_mask(), pred.sex)
 
 
 def regressor_feed(predictor, pixels: np.ndarray, mask: np.ndarray | None, sex: str | None) -> dict:
@@ -142,7 +142,7 @@ def work_accuracy(spec: dict) -> dict:
             if qc_ok:  # what `edgeba predict` without --force answers at all
                 a["abs_err_qc_ok"].append(a["abs_err"][-1])
             if f == ref:  # its prediction, its plain (un-augmented) regressor input, and its months on that input
-                feed = regressor_feed(p, pred.radiograph.pixels, pred.mask, pred.sex)
+                feed = regressor_feed(p, pred.source_pixels, pred.source_mask(), pred.sex)
                 r = (pred, feed, regress.months(p.regressor.run(feed), p.target))
             elif r is not None:
                 if pred.mask is not None:

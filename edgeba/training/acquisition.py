@@ -69,7 +69,7 @@ def variant_crop(case, name: str, mask_dir: Path, seed: int = SEED):
             p = _predictor.predict(path, "male" if case.male else "female")
         except EdgebaError:
             return None
-    return crop_u8(p.radiograph.pixels, p.mask, _predictor.cfg), bool(p.mask_quality["ok"])
+    return crop_u8(p.source_pixels, p.source_mask(), _predictor.cfg), bool(p.mask_quality["ok"])
 
 
 def _one(job):
