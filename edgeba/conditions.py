@@ -89,11 +89,11 @@ CONDITIONS = (
 )
 
 
-def measure(pixels: np.ndarray, mask: np.ndarray, noise: float | None = None) -> dict[str, float]:
-    """Every condition's metric for this image and its hand mask. `noise`: noise_level of the file's own
-    pixels, when the pipeline works on a smaller copy (an area average hides grain: the threshold
-    was chosen at the file's resolution)."""
-    return {"bright_surround": bright_surround(pixels, mask), "noisy": noise_level(pixels) if noise is None else noise}
+def measure(pixels: np.ndarray, mask: np.ndarray, source: np.ndarray | None = None) -> dict[str, float]:
+    """Every condition's metric for this image and its hand mask. `source`: the file's own pixels, when
+    `pixels` is the pipeline's smaller working copy: grain is measured there (an area average hides it,
+    and the threshold was chosen at the file's resolution)."""
+    return {"bright_surround": bright_surround(pixels, mask), "noisy": noise_level(pixels if source is None else source)}
 
 
 def flagged(metrics: dict[str, float]) -> list[Condition]:

@@ -135,11 +135,10 @@ class Predictor:
         name = Path(path).name
         t_all = t0 = time.perf_counter()
         rad = load_image(path)
-        # Segmentation, QC and the conditions work on a small copy (preprocess.work_image); grain is measured
-        # on the file's own pixels (the flag's threshold was chosen there), and the regressor's input is cut
-        # from them too (the models were fitted on crops of the full-resolution image).
+        # Segmentation, QC and the conditions work on a copy at most work_side px long (preprocess.work_image);
+        # grain is measured on the file's own pixels (the flag's threshold was chosen there), and the
+        # regressor's input is cut from them too (the models were fitted on crops of the file's pixels).
         full = rad.pixels
-        noise = conditions.noise_level(full) if self.unet is not None else None
         rad.pixels = work_image(full, self.work_side)
         timings["load"] = _ms(t0)
         used_sex, source, warnings = self._sex(rad, sex, name)
@@ -171,7 +170,7 @@ class Predictor:
                 where = "the model crops to it" if self.crops else "the model does not crop to it"
                 warnings.append(f"hand mask failed quality checks ({why}); {where}, check the overlay")
             # Measured once the image is to be scored (a refusal needs none of it).
-            measured = conditions.measure(rad.pixels, mask, noise)
+            measured = conditions.measure(rad.pixels, mask, full)
             quality["metrics"] |= {k: round(v, 4) for k, v in measured.items()}
             flags = conditions.flagged(measured)
             warnings += [c.warning.format(value=measured[c.name]) for c in flags]

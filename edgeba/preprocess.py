@@ -49,7 +49,7 @@ def input_configs(data: dict, **override) -> dict[str, PreprocessConfig]:
 # (segment.MASK_WORK_SIDE), the QC, polarity and condition checks look at 256-512 px, and a whole-image
 # regressor is fed from the file's own pixels (see work_image). Nothing else needs the full resolution, which
 # cost most of each image's time (issue 16); the overlay is drawn from this copy too.
-WORK_SIDE = 512
+WORK_SIDE = 1024
 
 
 def work_side(inputs: dict[str, PreprocessConfig]) -> int:

@@ -48,15 +48,17 @@ def test_a_variant_is_what_the_pipeline_prepares_for_the_regressor(tmp_path):
     import cv2
 
     p0 = Predictor(None, "tflite", threads=1).predict(case.image_path, "male" if case.male else "female")
-    cv2.imwrite(str(masks / f"{case.id}.png"), p0.mask * 255)
+    mask0 = p0.source_mask()  # the mask cache holds masks at the file's resolution
+    assert mask0.shape == img.shape
+    cv2.imwrite(str(masks / f"{case.id}.png"), mask0 * 255)
     acquisition._start(None, "tflite")
     crop, ok = acquisition.variant_crop(case, "noise", masks)
     rng = np.random.default_rng([acquisition.SEED, int(case.id), list(acquisition.DRAWS).index("noise")])
     path = tmp_path / "v.png"
-    stress._write(path, acquisition.DRAWS["noise"](img, p0.mask, rng))
+    stress._write(path, acquisition.DRAWS["noise"](img, mask0, rng))
     p = Predictor(None, "tflite", threads=1).predict(path, "male" if case.male else "female")
     cfg = acquisition._predictor.cfg
-    expect = np.round(crop_stage(p.radiograph.pixels, p.mask, cfg) * 255).astype(np.uint8)
+    expect = np.round(crop_stage(p.source_pixels, p.source_mask(), cfg) * 255).astype(np.uint8)
     assert crop.dtype == np.uint8 and np.array_equal(crop, expect) and ok == p.mask_quality["ok"]
     assert not np.array_equal(crop, np.round(crop_stage(p0.radiograph.pixels, p0.mask, cfg) * 255).astype(np.uint8))
 
