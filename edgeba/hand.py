@@ -171,8 +171,8 @@ def _segment_zoomed(pixels: np.ndarray, segment: Callable[[np.ndarray], np.ndarr
     q = mask_quality(mask)
     if not mask.any() or q.metrics.get("area_frac", 0.0) >= ZOOM_BELOW:
         return mask, q, False
-    ys, xs = np.nonzero(mask)
-    y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
+    bx, by, bw, bh = cv2.boundingRect(mask)  # the pixel extremes, without listing the pixels
+    y0, y1, x0, x1 = by, by + bh, bx, bx + bw
     pad = ZOOM_MARGIN * max(y1 - y0, x1 - x0)
     h, w = mask.shape
     box = max(0, math.floor(y0 - pad)), min(h, math.ceil(y1 + pad)), max(0, math.floor(x0 - pad)), min(w, math.ceil(x1 + pad))

@@ -55,15 +55,16 @@ def _on_grid(m: np.ndarray, shape: tuple[int, int], source_shape: tuple[int, int
     return (a @ full @ np.linalg.inv(a))[:2], sx, sy
 
 
-def _surround_level(pixels: np.ndarray, mask: np.ndarray, ys: np.ndarray, xs: np.ndarray) -> float:
+def _surround_level(pixels: np.ndarray, mask: np.ndarray, box: tuple[int, int, int, int]) -> float:
     """The background right around the hand (a band outside its outline): what the new margins are
     filled with. Not the image's border, which on a collimated film is the bright unexposed edge.
-    `ys`, `xs`: the mask's pixels (np.nonzero)."""
-    k = max(3, round(0.05 * max(ys.max() - ys.min(), xs.max() - xs.min())))
+    `box`: the mask's bounding box (cv2.boundingRect: x, y, w, h)."""
+    bx, by, bw, bh = box
+    k = max(3, round(0.05 * max(bh - 1, bw - 1)))
     # The band lies within k px of the mask's box: dilate only there (a small hand on a large plate,
     # the usual reason to re-frame, is a small part of the image). Same band, same median.
-    y0, x0 = max(0, ys.min() - k), max(0, xs.min() - k)
-    y1, x1 = min(mask.shape[0], ys.max() + k + 1), min(mask.shape[1], xs.max() + k + 1)
+    y0, x0 = max(0, by - k), max(0, bx - k)
+    y1, x1 = min(mask.shape[0], by + bh + k), min(mask.shape[1], bx + bw + k)
     near = mask[y0:y1, x0:x1]
     band = dilate_ellipse(near.astype(np.uint8), k) > near
     return float(np.median(pixels[y0:y1, x0:x1][band])) if band.any() else 0.0
@@ -73,22 +74,27 @@ def reframe(pixels: np.ndarray, mask: np.ndarray, source: np.ndarray | None = No
     """The hand upright and framed like a typical train radiograph; None when it already is, or when
     the outline is not one to move the image by. Call it only with a mask that passed QC. `source`: the
     same film at a higher resolution (the file's pixels), framed the same way into `Reframed.source`."""
-    if not mask.any():
+    m8 = mask.astype(np.uint8, copy=False)
+    box = cv2.boundingRect(m8)  # (x, y, w, h): the pixel extremes, as np.nonzero gives them
+    if box[2] == 0:
         return None
-    ys, xs = np.nonzero(mask)
-    height = (ys.max() - ys.min() + 1) / mask.shape[0]
+    height = box[3] / mask.shape[0]
     tilt = upright_angle(mask)
     small, tilted = height < MIN_HEIGHT, abs(tilt) > MAX_TILT
     if not (small or tilted) or abs(tilt) > MAX_TRUSTED_TILT:
         return None
-    fill = _surround_level(pixels, mask, ys, xs)
+    fill = _surround_level(pixels, mask, box)
     if fill > float(np.median(pixels[mask > 0])):
         # Brighter around the hand than in it: a bright plate or collimation field, where the U-Net
         # outlines part of the hand (tune, bright plate: 6 of 31 re-framed, 4 of them worse, MAE 18.7 -> 20.7).
         return None
-    center = (float(xs.mean()), float(ys.mean()))
+    mo = cv2.moments(m8, binaryImage=True)  # exact integer sums: the same centre as the pixels' mean
+    center = (mo["m10"] / mo["m00"], mo["m01"] / mo["m00"])
     rot = cv2.getRotationMatrix2D(center, tilt if tilted else 0.0, 1.0)
-    # The hand's box after the turn: from the mask's pixel corners, turned like the image.
+    # The hand's box after the turn: from the mask's pixels, turned like the image. A linear map's extremes over
+    # the pixels lie on their convex hull: only its vertices are turned (a full-resolution mask has ~10^5 pixels).
+    hull = cv2.convexHull(cv2.findNonZero(m8)).reshape(-1, 2).astype(np.int64)
+    xs, ys = hull[:, 0], hull[:, 1]
     pts = np.stack([xs, ys, np.ones_like(xs)], axis=1).astype(np.float64) @ rot.T
     (x0, y0), (x1, y1) = pts.min(axis=0), pts.max(axis=0) + 1
     frame_h = (y1 - y0) / TYPICAL_HEIGHT

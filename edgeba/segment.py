@@ -73,6 +73,17 @@ def dilate_ellipse(x: np.ndarray, k: int) -> np.ndarray:
     return out
 
 
+def open_ellipse(x: np.ndarray, k: int) -> np.ndarray:
+    """cv2.morphologyEx(x, MORPH_OPEN, ellipse (2k+1), borderType=BORDER_CONSTANT, borderValue=0), bit for bit,
+    for a non-negative image: erosion by a union of rectangles is the smallest of the erosions by each (outside
+    the image counts as 0), then the dilation as in dilate_ellipse."""
+    out = None
+    for h, w in _ellipse_rects(k):
+        y = cv2.erode(x, cv2.getStructuringElement(cv2.MORPH_RECT, (2 * w + 1, 2 * h + 1)), borderType=cv2.BORDER_CONSTANT, borderValue=0)
+        out = y if out is None else np.minimum(out, y, out=out)
+    return dilate_ellipse(out, k)
+
+
 def upsample_mask(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     """Upsample through a linear float resize so edges come out smooth, not blocky."""
     big = cv2.resize(mask.astype(np.float64), (shape[1], shape[0]), interpolation=cv2.INTER_LINEAR)
@@ -195,10 +206,9 @@ def mask_from_prob(prob: np.ndarray, letterbox: Letterbox, shape: tuple[int, int
     # are the bright line along a collimation edge. Opening removes them, growing the survivor back
     # inside the thresholded mask restores the true outline.
     r = max(1, round(THIN_PX / 2 * s / lb.scale))
-    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))
     # Outside the image counts as background, else a strip along the film edge survives the opening.
-    core = largest_component(cv2.morphologyEx(raw, cv2.MORPH_OPEN, kernel, borderType=cv2.BORDER_CONSTANT, borderValue=0))
-    work = fill_holes(largest_component(cv2.dilate(core, kernel) & raw))
+    core = largest_component(open_ellipse(raw, r))
+    work = fill_holes(largest_component(dilate_ellipse(core, r) & raw))
     if (wh, ww) == (h, w):
         return work
     # Back at full resolution the outline is the thresholded map's own (as smooth as before the

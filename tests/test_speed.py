@@ -76,4 +76,57 @@ def test_the_band_around_a_hand_is_dilated_near_it_only():
         ys, xs = np.nonzero(mask)
         k = max(3, round(0.05 * max(ys.max() - ys.min(), xs.max() - xs.min())))
         band = cv2.dilate(mask, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * k + 1, 2 * k + 1))) > mask
-        assert _surround_level(img, mask, ys, xs) == float(np.median(img[band]))
+        assert _surround_level(img, mask, cv2.boundingRect(mask)) == float(np.median(img[band]))
+
+
+def _reframe_by_every_pixel(pixels, mask):
+    """reframe's geometry as first written: the centre and the turned box from every mask pixel."""
+    from edgeba import reframe as rf
+    from edgeba.crop import upright_angle
+
+    ys, xs = np.nonzero(mask)
+    tilt = upright_angle(mask)
+    tilted = abs(tilt) > rf.MAX_TILT
+    rot = cv2.getRotationMatrix2D((float(xs.mean()), float(ys.mean())), tilt if tilted else 0.0, 1.0)
+    pts = np.stack([xs, ys, np.ones_like(xs)], axis=1).astype(np.float64) @ rot.T
+    return rot, pts.min(axis=0), pts.max(axis=0) + 1
+
+
+@pytest.mark.parametrize("angle", [0, 33, -40, 50])
+def test_reframe_turns_only_the_hull_and_frames_exactly_as_every_pixel_would(angle):
+    # The turned box's extremes lie on the mask's convex hull; the centre from moments is the pixels' mean.
+    from edgeba import reframe as rf
+
+    img = rsna_image("1378")
+    h, w = img.shape
+    hand = (cv2.GaussianBlur(img, (0, 0), 3) > 0.35).astype(np.uint8)
+    small = np.zeros_like(hand)
+    small[h // 4 :, w // 4 :] = cv2.resize(hand, (w - w // 4, h - h // 4), interpolation=cv2.INTER_NEAREST)[: h - h // 4]
+    m = cv2.warpAffine(small, cv2.getRotationMatrix2D((w / 2, h / 2), angle, 1.0), (w, h), flags=cv2.INTER_NEAREST)
+    rot, lo, hi = _reframe_by_every_pixel(img, m)
+    mo = cv2.moments(m, binaryImage=True)
+    ys, xs = np.nonzero(m)
+    assert (mo["m10"] / mo["m00"], mo["m01"] / mo["m00"]) == (float(xs.mean()), float(ys.mean()))
+    hull = cv2.convexHull(cv2.findNonZero(m)).reshape(-1, 2).astype(np.int64)
+    pts = np.stack([hull[:, 0], hull[:, 1], np.ones(len(hull), np.int64)], axis=1).astype(np.float64) @ rot.T
+    np.testing.assert_array_equal(pts.min(axis=0), lo)
+    np.testing.assert_array_equal(pts.max(axis=0) + 1, hi)
+    r = rf.reframe(img, m)
+    if r is not None:  # the frame's size follows from that box: the hull version's frame, recomputed
+        frame_h = (hi[1] - lo[1]) / rf.TYPICAL_HEIGHT
+        assert r.pixels.shape == (max(1, round(frame_h)), max(1, round(frame_h / rf.TYPICAL_ASPECT)))
+
+
+def test_ellipse_opening_by_rectangles_is_cv2_morphology_ex():
+    # segment.mask_from_prob opens the thresholded U-Net map (outside the image = background) this way.
+    from edgeba.segment import open_ellipse
+
+    rng = np.random.default_rng(6)
+    hand = (rsna_image("1378") > 0.3).astype(np.uint8)[::2, ::2]
+    masks = [np.ascontiguousarray(hand), (rng.random((90, 70)) > 0.4).astype(np.uint8), np.ones((40, 60), np.uint8),
+             (cv2.GaussianBlur(rng.random((128, 96), dtype=np.float32), (0, 0), 2) > 0.5).astype(np.uint8), np.zeros((9, 9), np.uint8)]
+    for k in (1, 2, 3, 6, 9, 12):
+        ellipse = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * k + 1, 2 * k + 1))
+        for m in masks:
+            want = cv2.morphologyEx(m, cv2.MORPH_OPEN, ellipse, borderType=cv2.BORDER_CONSTANT, borderValue=0)
+            assert np.array_equal(open_ellipse(m, k), want), (k, m.shape)
