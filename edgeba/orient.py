@@ -33,12 +33,18 @@ def upright(hand: Hand) -> bool:
 
 
 def _rank(hand: Hand) -> tuple:
-    """Which quarter turn shows the hand best. Chosen on 50 train radiographs x 4 turns (200 of 200
-    right; QC first got 8 wrong) and confirmed on 40 tune radiographs x 4 (160 of 160): upright first,
-    because the U-Net outlines a whole hand only when it points up, and on a sideways copy it can still
-    draw a QC-passing outline of part of it."""
+    """Which quarter turn shows the hand best: upright first (the U-Net outlines a whole hand only when it
+    points up, and on a sideways copy it can still draw a QC-passing outline of part of it); then an outline
+    that does not leave through the top edge (the forearm leaves a radiograph at the bottom: an upside-down
+    copy's outline runs off the top); then a hand with fingers (`hand_present`), the finger gaps, and the
+    larger outline (upside down, the U-Net outlines less of the hand). Mask QC as such is no evidence of
+    the orientation: an upright hand whose forearm touches a side fails it. Chosen on all 935 train
+    radiographs x 4 turns (train/RESULTS.md, session 12): 42 wrong of 3,740 in simulation, against 61 for the
+    rank that put QC second (chosen in session 9 on 50 x 4)."""
     q = hand.quality
-    return (upright(hand), q.ok, hand_present(q), min(q.metrics.get("finger_gaps", 0), 5), float(hand.mask.mean()))
+    m = q.metrics
+    return (upright(hand), "top" not in m.get("border_sides", []), hand_present(q), min(m.get("finger_gaps", 0), 5),
+            float(hand.mask.mean()))
 
 
 def _settled(hand: Hand, rank: tuple, upside_down: tuple) -> bool:
@@ -94,5 +100,10 @@ def find_upright_hand(pixels: np.ndarray, segment: Callable[[np.ndarray], np.nda
         hand = find_hand(turn(pixels, turns), segment, polarity_known, film=False)
     else:  # the candidate's pixels are the stored ones turned: its pass stands, only the polarity is left
         hand = find_hand(hands[turns].pixels, segment, polarity_known, outline=hands[turns], film=False)
-    # The polarity pass may outline something else; a turn needs an upright hand in the end too.
-    return (hand, turns) if _turnable(hand, ranks[turns][0] if hand is hands[turns] else upright(hand)) else (first, 0)
+    if _turnable(hand, ranks[turns][0] if hand is hands[turns] else upright(hand)):
+        return hand, turns
+    # The polarity pass outlined something else (it segments the inverse when QC fails or the contrast is
+    # unclear): the turned outline that won the search stands, in the grey scale the stored image settled on.
+    # Going back to the stored image here left 28 of 3,740 train searches wrong (session 12).
+    won = hands[turns]
+    return Hand(won.pixels, won.mask, won.quality, inverted=first.inverted, zoomed=won.zoomed, warnings=list(first.warnings)), turns
