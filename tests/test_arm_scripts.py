@@ -75,6 +75,21 @@ def test_parity_verdict_and_figure_last(tmp_path, capsys):
     assert capsys.readouterr().out.strip().splitlines()[-1].startswith("PARITY FAIL (onnx)")
 
 
+def test_openvino_is_held_to_the_int8_gates_not_to_the_same_months(tmp_path, capsys):
+    # OpenVINO's ARM plugin computes INT8 with other kernels: months within the INT8 parity gates pass
+    # (mean <= 0.25, max <= 1.5), more does not; the figure stays the same-months backends'.
+    tfl = [_run(tmp_path, "tflite", "x86_64", [100.0, 50.0]), _run(tmp_path, "tflite", "aarch64", [100.0, 50.0])]
+    near = [_run(tmp_path, "openvino", "x86_64", [100.0, 50.0, 80.0]), _run(tmp_path, "openvino", "aarch64", [100.5, 50.0, 80.1])]
+    assert parity.compare(0.05, tfl + near) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    assert out[-1].startswith("PARITY OK") and "0.0000" in out[-1] and "openvino within the INT8 gates" in out[-1]
+    far = [near[0], _run(tmp_path, "openvino", "aarch64", [101.0, 50.0, 80.0])]  # mean 0.33 > 0.25
+    assert parity.compare(0.05, tfl + far) == 1
+    assert capsys.readouterr().out.strip().splitlines()[-1].startswith("PARITY FAIL (openvino)")
+    qc = [near[0], _run(tmp_path, "openvino", "aarch64", [100.0, 50.0, 80.0], qc=[True, False, True])]
+    assert parity.compare(0.05, tfl + qc) == 1  # a different mask QC verdict fails it as any backend
+
+
 def test_parity_fails_when_a_qc_verdict_differs(tmp_path, capsys):
     x86 = _run(tmp_path, "tflite", "x86_64", [100.0, 50.0], qc=[True, True])
     arm = _run(tmp_path, "tflite", "aarch64", [100.0, 50.0], qc=[True, False])
