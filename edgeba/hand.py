@@ -53,6 +53,7 @@ MIN_TEXTURE = 0.5 / 255
 # of all 1338 RSNA hands (clean, find_hand's mask, whatever its QC): >= 0.0535 against the full range
 # alone, but for RSNA 3339 (0.016 there, 0.072 with the central half; see `detail`).
 MIN_DETAIL = 0.05
+WEAK_NEGATIVE, NEGATIVE_GAPS = 0.04, 5  # _negative_by_outline
 DETAIL_SIDE, DETAIL_SIGMAS = 320, (2.0, 6.0)  # px; a band-pass from bone edges up to a finger's width
 IQR_WEIGHT = 0.05 / 0.12  # the central half is narrower than the 1-99 % range: the same bar, rescaled
 
@@ -196,6 +197,18 @@ def _on_film(hand: Hand, segment: Callable[[np.ndarray], np.ndarray]) -> Hand:
     return Hand(hand.pixels, mask, qf, inverted=False, zoomed=True)
 
 
+def _negative_by_outline(stored: MaskQuality, inverse: Hand) -> bool:
+    """A negative whose bone contrast is weak (infants, soft exposures): the image as stored shows nothing
+    hand-like (`hand_present` fails), its inverse a hand that passes QC with five finger gaps, and inside that
+    outline bone is at least a little darker than soft tissue (contrast < -WEAK_NEGATIVE). Chosen on train
+    (935 radiographs as stored, inverted, on a bright plate, collimated: missed negatives 126 -> 102, positives
+    inverted 6 -> 6) and confirmed on tune (4 x 134: wrong decisions 19 -> 15, positives inverted 0 -> 0;
+    train/RESULTS.md, session 12)."""
+    m = inverse.quality.metrics
+    return (not hand_present(stored) and inverse.quality.ok and m.get("finger_gaps", 0) >= NEGATIVE_GAPS
+            and inverse.contrast < -WEAK_NEGATIVE)
+
+
 def find_hand(pixels: np.ndarray, segment: Callable[[np.ndarray], np.ndarray], polarity_known: bool = False,
               outline: Hand | None = None, film: bool = True) -> Hand:
     """Mask and polarity of the hand. One U-Net pass when the first mask shows bone clearly bright
@@ -209,8 +222,9 @@ def find_hand(pixels: np.ndarray, segment: Callable[[np.ndarray], np.ndarray], p
         return _on_film(outline, segment) if film else outline
     neg = 1.0 - pixels
     mask_n, q_n, zoomed_n = _segment_zoomed(neg, segment)
+    inverse = Hand(pixels, mask_n, q_n, inverted=False, zoomed=zoomed_n)  # the inverse's outline on the stored grey scale
     # The hand shows better in the inverse: its outline, not yet its polarity.
-    hand = Hand(pixels, mask_n, q_n, inverted=False, zoomed=zoomed_n) if _score(q_n) > _score(outline.quality) else outline
+    hand = inverse if _score(q_n) > _score(outline.quality) else outline
     # Neither grey scale outlined a hand: the film, when there is one, on its own (after the inverse pass:
     # on a bright plate the inverse outlines the whole hand, a tight crop around it only part; tune 10971).
     hand = _on_film(hand, segment) if film else hand
@@ -221,6 +235,10 @@ def find_hand(pixels: np.ndarray, segment: Callable[[np.ndarray], np.ndarray], p
     if c < -CLEAR:
         return Hand(neg, hand.mask, hand.quality, inverted=True, zoomed=hand.zoomed,
                     warnings=["bone is darker than soft tissue inside the hand (a negative image); inverted the grey scale"], negative_of=hand)
+    if _negative_by_outline(outline.quality, inverse):
+        return Hand(neg, inverse.mask, inverse.quality, inverted=True, zoomed=inverse.zoomed,
+                    warnings=[f"only the inverted image shows a hand, and bone is darker than soft tissue inside it (contrast "
+                              f"{inverse.contrast:+.2f}): a negative image; inverted the grey scale, check the overlay"], negative_of=inverse)
     if hand_shape(hand.quality) and not c > CLEAR:
         hand.warnings = [f"could not confirm from the hand that bone is bright (contrast {c:+.2f}); used the grey scale as stored, check the overlay"]
     return hand

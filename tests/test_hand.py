@@ -66,10 +66,17 @@ def test_a_hands_contrast_is_measured_on_the_grey_scale_as_stored(predictor, cas
     assert neg.inverted and neg.contrast == -hand_contrast(1.0 - img, neg.mask) > CLEAR
 
 
-def test_a_low_contrast_negative_is_kept_but_never_silently(predictor, tmp_path):
-    # Too little evidence to invert: flipping a real positive on a bright plate would be worse (hand.py).
+def test_a_low_contrast_negative_whose_inverse_alone_shows_a_hand_is_inverted_and_says_so(predictor, tmp_path):
+    # Its bone contrast is too weak to settle the polarity (|contrast| < CLEAR), but only the inverse shows a
+    # hand (QC passed, five finger gaps) and bone is darker inside it (hand._negative_by_outline). Until
+    # session 12 it was kept as stored with a "could not confirm" warning; its positive stays as it is.
+    from edgeba.hand import CLEAR
+
     neg = predictor.predict(_png(tmp_path / "neg.png", 1.0 - _grey(IDS[2])), "female")
-    assert not neg.inverted and any("could not confirm" in w for w in neg.warnings)
+    assert neg.inverted and any("only the inverted image shows a hand" in w for w in neg.warnings)
+    assert abs(neg.mask_quality["metrics"]["bone_contrast"]) < CLEAR
+    pos = predictor.predict(_png(tmp_path / "pos.png", _grey(IDS[2])), "female")
+    assert not pos.inverted and abs(pos.bone_age_months - neg.bone_age_months) < 1.0
 
 
 def test_a_dark_hand_on_black_film_in_a_grey_frame_has_bone_detail(predictor):
