@@ -3,7 +3,8 @@
 The predictor calls `find_hand` with its U-Net (`segment(pixels) -> mask`). Three things clinics'
 images break, each handled here from evidence in the hand itself:
 - polarity: a negative (bone dark) is inverted only when the hand's own core-vs-rim contrast says so
-  (edgeba/polarity.py); a bright plate or flat grey scan around a normal hand is not a reason;
+  (edgeba/polarity.py): clearly, or weakly when only the inverse shows a hand (`_negative_by_outline`);
+  a bright plate or flat grey scan around a normal hand is not a reason;
 - a small hand on a large plate: the U-Net sees the whole image at 128 px, where such a hand is a few
   fingers wide; the image is cropped around the first mask and segmented again, zoomed in; when the
   mask is still not hand-like (it outlined the plate), around the part that differs from the plate;
