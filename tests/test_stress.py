@@ -61,11 +61,22 @@ def test_quick_suite_runs_every_transform_and_reports_every_measure(tmp_path):
         if t["refused"] < t["n"]:
             assert {"mae", "over_24", "wrong_inversion", "interval_coverage", "interval_mean_width"} <= set(t), name
     assert table["clean"]["refused"] == 0 and table["inverted"]["refused"] == 0
-    assert table["clean"]["wrong_inversion"] == 0 and table["inverted"]["wrong_inversion"] == 0
-    assert abs(table["inverted"]["mae"] - table["clean"]["mae"]) < 0.5  # a negative is read as its positive
+    assert table["clean"]["wrong_inversion"] == 0
     assert set(result["checks"]) >= {"mae_within_1_month", "over_24_at_most_1pct", "wrong_inversions", "refusals_frac", "coverage_85_95", "pass"}
-    rows = (tmp_path / "rows").glob("*.csv")
-    assert len(list(rows)) == 1  # per-image rows go to their own (git-ignored) folder, not next to the summary
+    (rows,) = (tmp_path / "rows").glob("*.csv")  # per-image rows go to their own (git-ignored) folder, not next to the summary
+    import csv
+
+    from edgeba.polarity import CLEAR
+
+    by = {(r["id"], r["transform"]): r for r in csv.DictReader(rows.open())}
+    clear = [i for i, t in by if t == "clean" and float(by[(i, t)]["contrast"]) >= CLEAR]
+    assert len(clear) >= 3  # the quick sample's negatives whose positive shows bone clearly: inverted, read as the positive
+    for i in clear:
+        neg = by[(i, "inverted")]
+        assert neg["inverted"] == "True" and abs(float(neg["predicted"]) - float(by[(i, "clean")]["predicted"])) < 0.5, i
+    # A low-contrast one (val 1661, contrast 0.08) may stay as stored: the suite counts it as a wrong inversion
+    # (34 of 269 val negatives, session 12).
+    assert table["inverted"]["wrong_inversion"] == stress.QUICK_N - len(clear) - sum(by[(i, "inverted")]["inverted"] == "True" for i, t in by if t == "clean" and i not in clear)
 
 
 def test_a_summary_of_earlier_rows_can_keep_only_some_transforms_and_images(tmp_path):
@@ -91,3 +102,15 @@ def test_a_summary_of_earlier_rows_can_keep_only_some_transforms_and_images(tmp_
     assert list(table) == ["clean", "bright_plate"]
     assert table["clean"] == table["clean"] | {"n": 2, "mae": 1.0, "wrong_inversion": 0}
     assert table["bright_plate"]["wrong_inversion"] == 2
+
+
+def test_a_partial_run_is_a_fixed_random_sample_not_the_first_ids():
+    # --limit / --quick take a seeded sample of the split: the first ids in string order were one source.
+    from edgeba import dataset
+
+    val = sorted(c.id for c in dataset.split_cases("val"))
+    first = [c.id for c in stress.sample("val", 60)]
+    assert first == [c.id for c in stress.sample("val", 60)] and len(set(first)) == 60 and set(first) <= set(val)
+    assert first != val[:60] and first[:4] == [c.id for c in stress.sample("val", 4)]
+    assert sorted(c.id for c in stress.sample("val", None)) == val
+    assert [c.id for c in stress.sample("val", 60, seed=1)] != first
