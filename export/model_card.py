@@ -217,6 +217,7 @@ def card(model_dir: Path, reg_run: Path, unet_run: Path) -> str:
         f" (measured on our own val split, {v['n']} images: 95 % bootstrap interval {lo:.2f}-{hi:.2f};"
         " an independent test set may differ).",
         "- Ages under 2 years are rare in the training data (val n=2).",
+        "- Acquisition changes cost accuracy: on the stress suite (all val images, `edgeba stress`; latest summary in `benchmarks/results/stress-*`) a bright plate, strong noise, a small hand on a large plate, a collimated field and negatives with weak bone contrast are estimated far worse than clean films, most with a warning and a wider interval.",
         "",
     ]
     return "\n".join(lines)
