@@ -75,3 +75,20 @@ def test_an_outline_far_from_upright_does_not_move_the_image():
     mask = np.zeros((400, 300), np.uint8)
     mask[180:220, 20:280] = 1  # a horizontal bar: no hand points that way after the quarter turns
     assert rf.reframe(np.random.default_rng(0).random((400, 300)).astype(np.float32), mask) is None
+
+
+def test_the_files_pixels_are_framed_as_the_working_copy_is(predictor, film):
+    # A file larger than the working copy (preprocess.work_image): the regressor's input is cut from the file's
+    # pixels, framed by the same turn and crop, scaled. Shrunk back, that frame is the working copy's frame.
+    from edgeba.preprocess import work_image
+
+    tilted = stress.rotate(film, 40)
+    big = cv2.resize(tilted, (tilted.shape[1] * 2, tilted.shape[0] * 2), interpolation=cv2.INTER_LINEAR)
+    work = work_image(big, tilted.shape[0] if tilted.shape[0] >= tilted.shape[1] else tilted.shape[1])
+    r = rf.reframe(work, predictor._segment(work), big)
+    assert r is not None and r.source is not None
+    assert abs(r.source.shape[0] / r.pixels.shape[0] - 2) < 0.01 and abs(r.source.shape[1] / r.pixels.shape[1] - 2) < 0.01
+    back = cv2.resize(r.source, (r.pixels.shape[1], r.pixels.shape[0]), interpolation=cv2.INTER_AREA)
+    assert float(np.mean(np.abs(back - r.pixels))) < 0.002  # the same frame up to resampling (0.0004; shifted 2 px: 0.008)
+    same = rf.reframe(work, predictor._segment(work), work)
+    assert same.source is same.pixels  # a source of the copy's own size is the copy's frame
