@@ -72,9 +72,9 @@ def noise_level(pixels: np.ndarray) -> float:
     return 1.4826 * float(np.median(np.abs(d - np.median(d)))) if d.size else 0.0
 
 
-# A radiograph this noisy (noise_level above the `noisy` flag's threshold) is smoothed right after loading,
-# before segmentation and the regressor see it: the sharpening kernel multiplies whatever noise the 256 px area
-# resize leaves, and the model then reads the film months young. OpenCV's non-local means, with its filter
+# A radiograph this noisy (noise_level above the `noisy` flag's threshold) is smoothed before the regressor sees it
+# (the hand is found, or the image refused, on the pixels as loaded): the sharpening kernel multiplies whatever
+# noise the 256 px area resize leaves, and the model then reads the film months young. OpenCV's non-local means, with its filter
 # strength set from the measured noise, was chosen over a Gaussian (sigma 1 px) and a 3 px median on 300 train
 # radiographs x noise sigma 0.02/0.04/0.06 (end-to-end MAE 21.2 -> 13.4 months, bias -14.6 -> -2.2; Gaussian
 # 17.3, median 19.7) and confirmed on tune (train/RESULTS.md, session 12). The flag, its warning and its wider

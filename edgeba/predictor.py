@@ -140,10 +140,6 @@ class Predictor:
         # resolution), and the regressor's input is cut from them (the models were fitted on crops of the file's pixels).
         full = rad.pixels
         noise = conditions.noise_level(full) if self.unet is not None else None
-        if noise is not None and conditions.noisy(noise):
-            # Smoothed before anything sees it (conditions.denoise), at the working copy's size so its cost stays
-            # bounded (~0.6 s at 1,024 px, 1 thread): the regressor's input is then cut from that copy.
-            full = conditions.denoise(work_image(full, self.work_side), noise)
         rad.pixels = work_image(full, self.work_side)
         timings["load"] = _ms(t0)
         used_sex, source, warnings = self._sex(rad, sex, name)
@@ -159,6 +155,11 @@ class Predictor:
             full = turn(full, turns)
             if inverted:
                 full = 1.0 - full
+            if conditions.noisy(noise):
+                # The regressor sees a noisy film smoothed (conditions.denoise), at the working copy's size so the
+                # cost stays bounded (~0.6 s at 1,024 px, 1 thread). The hand was found, or refused, in the image as
+                # loaded: smoothed noise can look like a hand to the U-Net (tests/test_hand.py's non-hands).
+                full = conditions.denoise(work_image(full, self.work_side), noise)
             warnings += hand.warnings
             if turns:
                 warnings.append(f"turned the image {90 * turns} degrees counter-clockwise so the fingers point up")

@@ -109,7 +109,7 @@ def reframe(pixels: np.ndarray, mask: np.ndarray, source: np.ndarray | None = No
                          borderValue=fill).astype(np.float32)
     out_mask = cv2.warpAffine(mask.astype(np.uint8), m, size, flags=cv2.INTER_NEAREST, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
     framed_source = None
-    if source is not None and source.shape == pixels.shape:  # the same film at the same size: the same frame
+    if source is not None and source.shape == pixels.shape and np.array_equal(source, pixels):  # the copy itself
         framed_source = out
     elif source is not None:
         ms, sx, sy = _on_grid(m, pixels.shape, source.shape)
