@@ -74,11 +74,12 @@ def noise_level(pixels: np.ndarray) -> float:
 
 # A radiograph this noisy (noise_level above the `noisy` flag's threshold) is smoothed before the regressor sees it
 # (the hand is found, or the image refused, on the pixels as loaded): the sharpening kernel multiplies whatever
-# noise the 256 px area resize leaves, and the model then reads the film months young. OpenCV's non-local means, with its filter
-# strength set from the measured noise, was chosen over a Gaussian (sigma 1 px) and a 3 px median on 300 train
-# radiographs x noise sigma 0.02/0.04/0.06 (end-to-end MAE 21.2 -> 13.4 months, bias -14.6 -> -2.2; Gaussian
-# 17.3, median 19.7) and confirmed on tune (train/RESULTS.md, session 12). The flag, its warning and its wider
-# interval stay: a smoothed film is still estimated less reliably than a clean one.
+# noise the 256 px area resize leaves, and the model then reads the film months young. OpenCV's non-local means,
+# with its filter strength set from the measured noise, was chosen over a Gaussian (sigma 1 px) and a 3 px median on
+# 300 train radiographs x noise sigma 0.02/0.04/0.06 (smoothing the file before everything: end-to-end MAE 21.2 ->
+# 13.4 months; Gaussian 17.3, median 19.7). Shipped form, after a non-hand test caught smoothed noise passing as a
+# hand: only the regressor's input is smoothed, train 21.2 -> 13.7, tune 23.1 -> 15.7 (train/RESULTS.md, session
+# 12). The flag, its warning and its wider interval stay: a smoothed film is still estimated less reliably.
 NLM_STRENGTH = 1.2  # filter strength h / the noise sigma (grey levels)
 
 
