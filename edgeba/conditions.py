@@ -81,6 +81,7 @@ def noise_level(pixels: np.ndarray) -> float:
 # hand: only the regressor's input is smoothed, train 21.2 -> 13.7, tune 23.1 -> 15.7 (train/RESULTS.md, session
 # 12). The flag, its warning and its wider interval stay: a smoothed film is still estimated less reliably.
 NLM_STRENGTH = 1.2  # filter strength h / the noise sigma (grey levels)
+NOISY = 0.015  # the `noisy` condition's threshold: it flags the image and turns the smoothing on
 
 
 def denoise(pixels: np.ndarray, noise: float) -> np.ndarray:
@@ -102,21 +103,20 @@ CONDITIONS = (
     Condition("bright_surround", 0.2, ("bright_plate", "collimation"),
               "the film around the hand is bright ({value:.0%} of it brighter than the hand: a plate or collimator field?): "
               "such images are estimated less reliably"),
-    Condition("noisy", 0.015, ("noise",),
+    Condition("noisy", NOISY, ("noise",),
               "the image is noisy (noise {value:.3f} of the grey range): smoothed before estimating, but such images are "
               "estimated less reliably"),
 )
 
 
-def measure(pixels: np.ndarray, mask: np.ndarray, noise: float | None = None) -> dict[str, float]:
-    """Every condition's metric for this image and its hand mask. `noise`: noise_level of the file's own pixels
-    as loaded, when `pixels` is the pipeline's working copy (an area average hides grain, the threshold was chosen
-    at the file's resolution, and a noisy file has been smoothed since)."""
-    return {"bright_surround": bright_surround(pixels, mask), "noisy": noise_level(pixels) if noise is None else noise}
+def measure(pixels: np.ndarray, mask: np.ndarray, noise: float) -> dict[str, float]:
+    """Every condition's metric for the working copy `pixels` and its hand mask; `noise`: noise_level of the
+    file's own pixels as loaded (an area average hides grain, and the threshold was chosen at a file's resolution)."""
+    return {"bright_surround": bright_surround(pixels, mask), "noisy": noise}
 
 
 def noisy(noise: float) -> bool:
-    return noise > next(c.threshold for c in CONDITIONS if c.name == "noisy")
+    return noise > NOISY
 
 
 def flagged(metrics: dict[str, float]) -> list[Condition]:

@@ -480,11 +480,12 @@ def calibration_feeds(unet, inputs: dict, sex_input: bool, n: int = N_CALIB) -> 
     unet_size = inputs["image"].unet_size
     crops = crops_to_hand(inputs)
     seg, reg, used, skipped = [], [], [], 0
+    side = work_side(inputs)
     for c in calibration_cases():
         if len(reg) == n:
             break
         pixels = load_image(c.image_path).pixels
-        work = work_image(pixels, work_side(inputs))  # the runtime's U-Net sees its working copy
+        work = work_image(pixels, side)  # the runtime's U-Net sees its working copy
         x, box = unet_input(work, unet_size)
         seg.append({"image": x[None, :, :, None]})  # the U-Net sees every image, passing QC or not
         mask = None
@@ -670,6 +671,7 @@ def parity(model_dir: str | os.PathLike, split: str = "val", limit: int | None =
             pairs[fam] = pick
 
     cases = split_cases(split)[:limit]
+    side = work_side(inputs)
     seg_fmts = list(runners.get("segment", {}))
     iou = {f: [] for f in seg_fmts}
     gate = {f: [] for f in seg_fmts}
@@ -684,7 +686,7 @@ def parity(model_dir: str | os.PathLike, split: str = "val", limit: int | None =
         pixels = load_image(c.image_path).pixels
         masks = {}
         if seg_fmts:
-            work = work_image(pixels, work_side(inputs))  # the U-Net and its mask on the runtime's working copy
+            work = work_image(pixels, side)  # the U-Net and its mask on the runtime's working copy
             x, box = unet_input(work, cfg.unet_size)
             for fmt, r in runners["segment"].items():
                 masks[fmt] = mask_from_prob(r({"image": x[None, :, :, None]}), box, work.shape)

@@ -136,10 +136,8 @@ class Predictor:
         t_all = t0 = time.perf_counter()
         rad = load_image(path)
         # Segmentation, QC and the conditions work on a copy at most work_side px long (preprocess.work_image);
-        # grain is measured on the file's own pixels as stored (the flag's threshold was chosen at a file's
-        # resolution), and the regressor's input is cut from them (the models were fitted on crops of the file's pixels).
+        # the regressor's input is cut from the file's own pixels (the models were fitted on crops of them).
         full = rad.pixels
-        noise = conditions.noise_level(full) if self.unet is not None else None
         rad.pixels = work_image(full, self.work_side)
         timings["load"] = _ms(t0)
         used_sex, source, warnings = self._sex(rad, sex, name)
@@ -152,14 +150,9 @@ class Predictor:
             hand, turns = find_upright_hand(rad.pixels, self._segment, rad.polarity_known)
             timings["segment"] = _ms(t0)
             rad.pixels, mask, q, inverted = hand.pixels, hand.mask, hand.quality, hand.inverted
-            full = turn(full, turns)
+            as_loaded, full = full, turn(full, turns)
             if inverted:
                 full = 1.0 - full
-            if conditions.noisy(noise):
-                # The regressor sees a noisy film smoothed (conditions.denoise), at the working copy's size so the
-                # cost stays bounded (~0.6 s at 1,024 px, 1 thread). The hand was found, or refused, in the image as
-                # loaded: smoothed noise can look like a hand to the U-Net (tests/test_hand.py's non-hands).
-                full = conditions.denoise(work_image(full, self.work_side), noise)
             warnings += hand.warnings
             if turns:
                 warnings.append(f"turned the image {90 * turns} degrees counter-clockwise so the fingers point up")
@@ -175,7 +168,14 @@ class Predictor:
                 # A real hand is scored however it is framed; a poor outline is the reader's to check.
                 where = "the model crops to it" if self.crops else "the model does not crop to it"
                 warnings.append(f"hand mask failed quality checks ({why}); {where}, check the overlay")
-            # Measured once the image is to be scored (a refusal needs none of it).
+            # Measured once the image is to be scored (a refusal needs none of it). Grain on the file's own pixels as
+            # loaded: the flag's threshold was chosen at a file's resolution, and an area average hides grain.
+            noise = conditions.noise_level(as_loaded)
+            if conditions.noisy(noise):
+                # The regressor sees a noisy film smoothed (conditions.denoise), at the working copy's size so the
+                # cost stays bounded (~0.6 s at 1,024 px, 1 thread). The hand was found, or refused, in the image as
+                # loaded: smoothed noise can look like a hand to the U-Net (tests/test_hand.py's non-hands).
+                full = conditions.denoise(work_image(full, self.work_side), noise)
             measured = conditions.measure(rad.pixels, mask, noise)
             quality["metrics"] |= {k: round(v, 4) for k, v in measured.items()}
             flags = conditions.flagged(measured)
