@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgeba import conditions, interval, regress
+from edgeba import collimation, conditions, interval, regress
 from edgeba.backends import choose, default_threads, open_stage
 from edgeba.errors import InputError, SegmentationError
 from edgeba.hand import MIN_DETAIL, detail, is_hand, texture
@@ -139,9 +139,19 @@ class Predictor:
         # the regressor's input is cut from the file's own pixels (the models were fitted on crops of them).
         full = rad.pixels
         rad.pixels = work_image(full, self.work_side)
+        # A collimated film is cut to its exposed field first, and from then on treated as if the file were the
+        # field (edgeba/collimation.py): the frame is not radiograph, and the U-Net's outline leaks along its edge.
+        field_box = collimation.field(rad.pixels)
+        if field_box is not None:
+            field_box = collimation.scaled_box(field_box, rad.pixels.shape, full.shape)
+            full = collimation.cut(full, field_box)
+            rad.pixels = work_image(full, self.work_side)
         timings["load"] = _ms(t0)
         used_sex, source, warnings = self._sex(rad, sex, name)
         warnings = list(rad.warnings) + warnings
+        if field_box is not None:
+            y0, y1, x0, x1 = field_box
+            warnings.append(f"cut to the exposed field inside a bright collimation frame (rows {y0}-{y1}, columns {x0}-{x1} of the image)")
 
         mask, quality, inverted, flags = None, None, False, []
         self._unet_passes = 0
@@ -156,7 +166,8 @@ class Predictor:
             warnings += hand.warnings
             if turns:
                 warnings.append(f"turned the image {90 * turns} degrees counter-clockwise so the fingers point up")
-            quality = {"ok": bool(q.ok), "reasons": list(q.reasons), "metrics": q.metrics | {"zoomed": hand.zoomed, "turned_degrees": 90 * turns, "bone_contrast": round(hand.contrast, 3) if np.isfinite(hand.contrast) else None}}
+            quality = {"ok": bool(q.ok), "reasons": list(q.reasons), "metrics": q.metrics | {"zoomed": hand.zoomed, "turned_degrees": 90 * turns, "bone_contrast": round(hand.contrast, 3) if np.isfinite(hand.contrast) else None,
+                                                                                 "field_box": None if field_box is None else list(field_box)}}
             structure = detail(rad.pixels, mask)
             quality["metrics"]["detail"] = round(structure, 4)
             why = "; ".join(q.reasons + (["no bone structure inside the outline"] if structure < MIN_DETAIL else [])) or "mask failed the quality checks"

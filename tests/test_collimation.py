@@ -1,0 +1,86 @@
+"""A collimated film is cut to its exposed field (edgeba/collimation.py) before anything looks at it; a film
+with a black border, on a dark plate or on a bright plate is not. Real radiographs are read from the data
+folder at test time; nothing derived from them is written outside tmp_path."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from rsna import rsna_image
+
+from edgeba import collimation, stress
+from edgeba.manifest import DEFAULT_DIR
+from edgeba.predictor import Predictor
+from edgeba.segment import bootstrap_mask
+
+CASE = "10108"
+
+
+@pytest.fixture(scope="module")
+def film() -> np.ndarray:
+    return rsna_image(CASE)
+
+
+def _framed(film: np.ndarray, level: float = 0.75) -> tuple[np.ndarray, tuple[int, int, int, int]]:
+    """`film` inside a bright frame (12/8 % above/below, 15/10 % left/right) with the stress suite's penumbra and grain."""
+    h, w = film.shape
+    t, b, l, r = int(0.12 * h), int(0.08 * h), int(0.15 * w), int(0.1 * w)
+    out = stress._film((h + t + b, w + l + r), level, np.random.default_rng(0))
+    field = np.zeros(out.shape, np.float32)
+    field[t : t + h, l : l + w] = 1.0
+    field = cv2.GaussianBlur(field, (0, 0), 0.002 * max(h, w))
+    inner = out.copy()
+    inner[t : t + h, l : l + w] = film
+    return (field * inner + (1 - field) * out).astype(np.float32), (t, t + h, l, l + w)
+
+
+def _png(path: Path, img: np.ndarray) -> Path:
+    assert cv2.imwrite(str(path), np.round(np.clip(img, 0, 1) * 255).astype(np.uint8))
+    return path
+
+
+def test_the_field_of_a_collimated_film_is_the_film(film):
+    img, (y0, y1, x0, x1) = _framed(film)
+    box = collimation.field(img)
+    assert box is not None
+    # The trimmed box is the film to within the penumbra: no frame line left in, no film line cut off.
+    assert np.abs(np.array(box) - np.array([y0, y1, x0, x1])).max() <= 3, (box, (y0, y1, x0, x1))
+
+
+@pytest.mark.parametrize("make", [
+    lambda f, m, r: f,  # as stored
+    lambda f, m, r: stress.dark_borders(f, r),
+    lambda f, m, r: stress.small_on_plate(f, r),  # a film on a plate at its own (dark) border level
+    lambda f, m, r: stress.bright_plate(f, m, r),  # the box is the hand itself: no frame around film
+    lambda f, m, r: stress.markers(f, m, r),
+], ids=["stored", "dark_borders", "small_on_plate", "bright_plate", "markers"])
+def test_no_field_without_a_bright_frame(film, make):
+    img = make(film, bootstrap_mask(film), np.random.default_rng(1))
+    assert collimation.field(img) is None
+
+
+def test_scaled_box_shrinks_inwards_to_whole_pixels():
+    assert collimation.scaled_box((10, 20, 5, 15), (100, 50), (200, 100)) == (20, 40, 10, 30)
+    assert collimation.scaled_box((1, 3, 1, 3), (3, 3), (4, 4)) == (2, 4, 2, 4)  # 1.33 -> 2, 4.0 -> 4
+    assert collimation.scaled_box((1, 2, 1, 2), (3, 3), (4, 4)) == (2, 3, 2, 3)  # 1.33 -> 2, 2.67 -> 2: one line kept
+
+
+def test_a_collimated_film_is_estimated_as_the_film_itself(film, tmp_path, monkeypatch):
+    p = Predictor(DEFAULT_DIR, "tflite", 1)
+    img, (y0, y1, x0, x1) = _framed(film)
+    plain = p.predict(_png(tmp_path / "film.png", film), "male")
+    framed = p.predict(_png(tmp_path / "framed.png", img), "male")
+    assert plain.mask_quality["metrics"]["field_box"] is None and not any("collimation" in w for w in plain.warnings)
+    box = framed.mask_quality["metrics"]["field_box"]
+    assert box is not None and any("collimation frame" in w for w in framed.warnings)
+    assert abs(box[1] - box[0] - film.shape[0]) <= 4 and abs(box[3] - box[2] - film.shape[1]) <= 4
+    assert framed.source_pixels.shape == (box[1] - box[0], box[3] - box[2])
+    # Within 3 months: moving the film edge by one line of ~960 moves this whole-image model by 1-2 months (session 13).
+    assert abs(framed.bone_age_months - plain.bone_age_months) <= 3.0, (framed.bone_age_months, plain.bone_age_months)
+    # Without the cut the frame moves the estimate by more than that (what the module is for).
+    monkeypatch.setattr(collimation, "field", lambda px: None)
+    uncut = p.predict(tmp_path / "framed.png", "male")
+    assert abs(uncut.bone_age_months - plain.bone_age_months) > abs(framed.bone_age_months - plain.bone_age_months) + 1.0, uncut.bone_age_months
