@@ -291,9 +291,9 @@ def run(model: Path | None, backend: str = "auto", split: str = "val", quick: bo
 
 
 def _as_stored(p) -> bool:
-    """Whether the prediction's mask lies on the image as stored (not turned, not re-framed)."""
+    """Whether the prediction's mask lies on the image as stored (not turned, re-framed or cut to a collimated field)."""
     m = p.mask_quality["metrics"] if p.mask_quality else {}
-    return not m.get("turned_degrees") and not m.get("reframed")
+    return not m.get("turned_degrees") and not m.get("reframed") and not m.get("field_box")
 
 
 ROW_FIELDS = ["id", "transform", "status", "true", "predicted", "interval", "inverted", "expected_inversion", "mask_ok",
