@@ -10,7 +10,7 @@ stress suite's transforms that make the condition and keeps those flagged).
   of the film clear of the hand (outside the outline grown by 5 % of the hand's size) brighter than the
   hand's median. Pipeline masks (TFLite), first 60 train and 60 tune radiographs: clean at most 0.13
   (median 0.01); bright plate median 0.99 (5th percentile 0.50-0.64); collimation median 0.47-0.49.
-  A collimated film is cut to its field before this is measured (edgeba/collimation.py), so the flag is left
+  A collimated film is cut to its field before this is measured (edgeba/film.py), so the flag is left
   mostly to bright plates and to frames the cut does not recognise.
   Repairing it does not help: the film outside the outline set to the hand's darkest grey left bright
   plate at MAE 13.3-13.6 on 60 train images (13.3 before; train/RESULTS.md session 10).

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgeba import collimation, conditions, interval, regress
+from edgeba import conditions, film, interval, regress
 from edgeba.backends import choose, default_threads, open_stage
 from edgeba.errors import InputError, SegmentationError
 from edgeba.hand import MIN_DETAIL, detail, is_hand, texture
@@ -139,19 +139,21 @@ class Predictor:
         # the regressor's input is cut from the file's own pixels (the models were fitted on crops of them).
         full = rad.pixels
         rad.pixels = work_image(full, self.work_side)
-        # A collimated film is cut to its exposed field first, and from then on treated as if the file were the
-        # field (edgeba/collimation.py): the frame is not radiograph, and the U-Net's outline leaks along its edge.
-        field_box = collimation.field(rad.pixels)
-        if field_box is not None:
-            field_box = collimation.scaled_box(field_box, rad.pixels.shape, full.shape)
-            full = collimation.cut(full, field_box)
+        # A collimated field or a small film on a plate is cut out first, and from then on treated as if the file were
+        # the cut (edgeba/film.py): the regressor never saw what surrounds it, and the U-Net's outline suffers from it.
+        cut = film.find_cut(rad.pixels)
+        cut_box = None
+        if cut is not None:
+            cut_box = film.scaled_box(cut.box, rad.pixels.shape, full.shape)
+            full = film.cut(full, cut_box)
             rad.pixels = work_image(full, self.work_side)
         timings["load"] = _ms(t0)
         used_sex, source, warnings = self._sex(rad, sex, name)
         warnings = list(rad.warnings) + warnings
-        if field_box is not None:
-            y0, y1, x0, x1 = field_box
-            warnings.append(f"cut to the exposed field inside a bright collimation frame (rows {y0}-{y1}, columns {x0}-{x1} of the image)")
+        if cut is not None:
+            y0, y1, x0, x1 = cut_box
+            what = "the exposed field inside a bright collimation frame" if cut.kind == "field" else "the film, a small part of a larger plate"
+            warnings.append(f"cut to {what} (rows {y0}-{y1}, columns {x0}-{x1} of the image)")
 
         mask, quality, inverted, flags = None, None, False, []
         self._unet_passes = 0
@@ -167,7 +169,7 @@ class Predictor:
             if turns:
                 warnings.append(f"turned the image {90 * turns} degrees counter-clockwise so the fingers point up")
             quality = {"ok": bool(q.ok), "reasons": list(q.reasons), "metrics": q.metrics | {"zoomed": hand.zoomed, "turned_degrees": 90 * turns, "bone_contrast": round(hand.contrast, 3) if np.isfinite(hand.contrast) else None,
-                                                                                 "field_box": None if field_box is None else list(field_box)}}
+                                                                                 "cut": None if cut is None else {"kind": cut.kind, "box": list(cut_box)}}}
             structure = detail(rad.pixels, mask)
             quality["metrics"]["detail"] = round(structure, 4)
             why = "; ".join(q.reasons + (["no bone structure inside the outline"] if structure < MIN_DETAIL else [])) or "mask failed the quality checks"
@@ -195,7 +197,9 @@ class Predictor:
             warnings.append("this model has no segmentation stage: nothing checked that the image shows a hand")
 
         t0 = time.perf_counter()
-        if mask is not None and quality["ok"] and not self.cfg.segment and (r := reframe(rad.pixels, mask, full)) is not None:
+        # A small film's cut is framed by us, not by the film: it is always re-framed (when its outline can be trusted).
+        small_film = cut is not None and cut.kind == "small_film"
+        if mask is not None and quality["ok"] and not self.cfg.segment and (r := reframe(rad.pixels, mask, full, always=small_film)) is not None:
             # A whole-image model is only as good as the framing it was fitted on (edgeba/reframe.py); an
             # outline that failed QC is not one to move the image by.
             rad.pixels, mask, full = r.pixels, r.mask, r.source

@@ -70,10 +70,11 @@ def _surround_level(pixels: np.ndarray, mask: np.ndarray, box: tuple[int, int, i
     return float(np.median(pixels[y0:y1, x0:x1][band])) if band.any() else 0.0
 
 
-def reframe(pixels: np.ndarray, mask: np.ndarray, source: np.ndarray | None = None) -> Reframed | None:
+def reframe(pixels: np.ndarray, mask: np.ndarray, source: np.ndarray | None = None, always: bool = False) -> Reframed | None:
     """The hand upright and framed like a typical train radiograph; None when it already is, or when
     the outline is not one to move the image by. Call it only with a mask that passed QC. `source`: the
-    same film at a higher resolution (the file's pixels), framed the same way into `Reframed.source`."""
+    same film at a higher resolution (the file's pixels), framed the same way into `Reframed.source`.
+    `always`: frame it even when it is neither small nor tilted (a cut of ours: edgeba/film.py)."""
     m8 = mask.astype(np.uint8, copy=False)
     box = cv2.boundingRect(m8)  # (x, y, w, h): the pixel extremes, as np.nonzero gives them
     if box[2] == 0:
@@ -81,7 +82,7 @@ def reframe(pixels: np.ndarray, mask: np.ndarray, source: np.ndarray | None = No
     height = box[3] / mask.shape[0]
     tilt = upright_angle(mask)
     small, tilted = height < MIN_HEIGHT, abs(tilt) > MAX_TILT
-    if not (small or tilted) or abs(tilt) > MAX_TRUSTED_TILT:
+    if not (small or tilted or always) or abs(tilt) > MAX_TRUSTED_TILT:
         return None
     fill = _surround_level(pixels, mask, box)
     if fill > float(np.median(pixels[mask > 0])):
@@ -116,5 +117,5 @@ def reframe(pixels: np.ndarray, mask: np.ndarray, source: np.ndarray | None = No
         framed_source = cv2.warpAffine(source.astype(np.float64), ms, (max(1, round(frame_w * sx)), max(1, round(frame_h * sy))),
                                        flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=fill).astype(np.float32)
     why = " and ".join(([f"the hand spans {height:.0%} of the image height"] if small else [])
-                       + ([f"it is tilted {tilt:+.0f} degrees"] if tilted else []))
+                       + ([f"it is tilted {tilt:+.0f} degrees"] if tilted else [])) or "the film was cut out of a larger plate"
     return Reframed(out, out_mask, why, framed_source)

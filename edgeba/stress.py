@@ -291,9 +291,9 @@ def run(model: Path | None, backend: str = "auto", split: str = "val", quick: bo
 
 
 def _as_stored(p) -> bool:
-    """Whether the prediction's mask lies on the image as stored (not turned, re-framed or cut to a collimated field)."""
+    """Whether the prediction's mask lies on the image as stored (not turned, re-framed or cut out of its surroundings)."""
     m = p.mask_quality["metrics"] if p.mask_quality else {}
-    return not m.get("turned_degrees") and not m.get("reframed") and not m.get("field_box")
+    return not m.get("turned_degrees") and not m.get("reframed") and not m.get("cut")
 
 
 ROW_FIELDS = ["id", "transform", "status", "true", "predicted", "interval", "inverted", "expected_inversion", "mask_ok",

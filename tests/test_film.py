@@ -1,5 +1,5 @@
-"""A collimated film is cut to its exposed field (edgeba/collimation.py) before anything looks at it; a film
-with a black border, on a dark plate or on a bright plate is not. Real radiographs are read from the data
+"""A collimated film is cut to its exposed field, a small film out of its plate (edgeba/film.py), before anything
+looks at it; a film as stored, with a black border, on a bright plate or with markers is not cut. Real radiographs are read from the data
 folder at test time; nothing derived from them is written outside tmp_path."""
 
 from __future__ import annotations
@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 from rsna import rsna_image
 
-from edgeba import collimation, stress
+from edgeba import film as fm
+from edgeba import stress
 from edgeba.manifest import DEFAULT_DIR
 from edgeba.predictor import Predictor
 from edgeba.segment import bootstrap_mask
@@ -44,8 +45,9 @@ def _png(path: Path, img: np.ndarray) -> Path:
 
 def test_the_field_of_a_collimated_film_is_the_film(film):
     img, (y0, y1, x0, x1) = _framed(film)
-    box = collimation.field(img)
-    assert box is not None
+    cut = fm.find_cut(img)
+    assert cut is not None and cut.kind == "field"
+    box = cut.box
     # The trimmed box is the film to within the penumbra: no frame line left in, no film line cut off.
     assert np.abs(np.array(box) - np.array([y0, y1, x0, x1])).max() <= 3, (box, (y0, y1, x0, x1))
 
@@ -53,19 +55,29 @@ def test_the_field_of_a_collimated_film_is_the_film(film):
 @pytest.mark.parametrize("make", [
     lambda f, m, r: f,  # as stored
     lambda f, m, r: stress.dark_borders(f, r),
-    lambda f, m, r: stress.small_on_plate(f, r),  # a film on a plate at its own (dark) border level
     lambda f, m, r: stress.bright_plate(f, m, r),  # the box is the hand itself: no frame around film
     lambda f, m, r: stress.markers(f, m, r),
-], ids=["stored", "dark_borders", "small_on_plate", "bright_plate", "markers"])
-def test_no_field_without_a_bright_frame(film, make):
+], ids=["stored", "dark_borders", "bright_plate", "markers"])
+def test_no_cut_without_a_bright_frame_or_a_larger_plate(film, make):
     img = make(film, bootstrap_mask(film), np.random.default_rng(1))
-    assert collimation.field(img) is None
+    assert fm.find_cut(img) is None
+
+
+def test_a_small_film_on_a_plate_is_cut_out_with_a_margin(film):
+    plate = stress.small_on_plate(film, np.random.default_rng(2), scales=(0.35, 0.35))
+    cut = fm.find_cut(plate)
+    assert cut is not None and cut.kind == "small_film"
+    y0, y1, x0, x1 = cut.box
+    assert (y1 - y0) * (x1 - x0) < 0.6 * plate.size  # a part of the plate, not the plate
+    # The film (the part that is not plate) is inside the cut: the cut's edges are plate.
+    for edge in (plate[y0, x0:x1], plate[y1 - 1, x0:x1], plate[y0:y1, x0], plate[y0:y1, x1 - 1]):
+        assert abs(float(np.median(edge)) - stress._border_level(plate)) < 0.05
 
 
 def test_scaled_box_shrinks_inwards_to_whole_pixels():
-    assert collimation.scaled_box((10, 20, 5, 15), (100, 50), (200, 100)) == (20, 40, 10, 30)
-    assert collimation.scaled_box((1, 3, 1, 3), (3, 3), (4, 4)) == (2, 4, 2, 4)  # 1.33 -> 2, 4.0 -> 4
-    assert collimation.scaled_box((1, 2, 1, 2), (3, 3), (4, 4)) == (2, 3, 2, 3)  # 1.33 -> 2, 2.67 -> 2: one line kept
+    assert fm.scaled_box((10, 20, 5, 15), (100, 50), (200, 100)) == (20, 40, 10, 30)
+    assert fm.scaled_box((1, 3, 1, 3), (3, 3), (4, 4)) == (2, 4, 2, 4)  # 1.33 -> 2, 4.0 -> 4
+    assert fm.scaled_box((1, 2, 1, 2), (3, 3), (4, 4)) == (2, 3, 2, 3)  # 1.33 -> 2, 2.67 -> 2: one line kept
 
 
 def test_a_collimated_film_is_estimated_as_the_film_itself(film, tmp_path, monkeypatch):
@@ -73,14 +85,15 @@ def test_a_collimated_film_is_estimated_as_the_film_itself(film, tmp_path, monke
     img, (y0, y1, x0, x1) = _framed(film)
     plain = p.predict(_png(tmp_path / "film.png", film), "male")
     framed = p.predict(_png(tmp_path / "framed.png", img), "male")
-    assert plain.mask_quality["metrics"]["field_box"] is None and not any("collimation" in w for w in plain.warnings)
-    box = framed.mask_quality["metrics"]["field_box"]
-    assert box is not None and any("collimation frame" in w for w in framed.warnings)
+    assert plain.mask_quality["metrics"]["cut"] is None and not any("collimation" in w for w in plain.warnings)
+    cut = framed.mask_quality["metrics"]["cut"]
+    assert cut["kind"] == "field" and any("collimation frame" in w for w in framed.warnings)
+    box = cut["box"]
     assert abs(box[1] - box[0] - film.shape[0]) <= 4 and abs(box[3] - box[2] - film.shape[1]) <= 4
     assert framed.source_pixels.shape == (box[1] - box[0], box[3] - box[2])
     # Within 3 months: moving the film edge by one line of ~960 moves this whole-image model by 1-2 months (session 13).
     assert abs(framed.bone_age_months - plain.bone_age_months) <= 3.0, (framed.bone_age_months, plain.bone_age_months)
-    # Without the cut the frame moves the estimate by more than that (what the module is for).
-    monkeypatch.setattr(collimation, "field", lambda px: None)
+    # Without the cut the frame moves the estimate by more than that (what the cut is for).
+    monkeypatch.setattr(fm, "find_cut", lambda px: None)
     uncut = p.predict(tmp_path / "framed.png", "male")
     assert abs(uncut.bone_age_months - plain.bone_age_months) > abs(framed.bone_age_months - plain.bone_age_months) + 1.0, uncut.bone_age_months
