@@ -55,11 +55,17 @@ def test_a_small_hand_on_a_plate_is_framed_like_a_train_radiograph(predictor, fi
     plate[100 : 100 + h, 150 : 150 + w] = film  # the film at 40 % of the plate's side
     ref = predictor.predict(_png(tmp_path / "film.png", film), "female").bone_age_months
     pred = predictor.predict(_png(tmp_path / "plate.png", plate), "female")
+    # The film is cut out of the plate first (edgeba/film.py), and the cut is always re-framed.
+    assert pred.mask_quality["metrics"]["cut"]["kind"] == "small_film"
     assert pred.mask_quality["metrics"]["reframed"]
-    assert any("of the image height" in w and "framed like" in w for w in pred.warnings)
+    assert any("framed like" in w for w in pred.warnings)
     height, bottom = _box_height(pred.mask)
     assert abs(height - rf.TYPICAL_HEIGHT) < 0.03 and bottom > 0.98  # the forearm at the bottom edge
-    monkeypatch.setattr("edgeba.predictor.reframe", lambda *a: None)  # the estimate re-framing replaces
+    monkeypatch.setattr("edgeba.film.find_cut", lambda px: None)
+    only_reframed = predictor.predict(tmp_path / "plate.png", "female")
+    assert only_reframed.mask_quality["metrics"]["reframed"]  # without the cut, re-framing alone
+    assert any("of the image height" in w and "framed like" in w for w in only_reframed.warnings)
+    monkeypatch.setattr("edgeba.predictor.reframe", lambda *a, **k: None)  # the estimate the two replace
     before = predictor.predict(tmp_path / "plate.png", "female").bone_age_months
     assert abs(pred.bone_age_months - ref) < abs(before - ref) / 2
 
