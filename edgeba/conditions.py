@@ -93,6 +93,41 @@ def denoise(pixels: np.ndarray, noise: float) -> np.ndarray:
     return cv2.fastNlMeansDenoising(u8, None, h=h, templateWindowSize=7, searchWindowSize=21).astype(np.float32) / 255.0
 
 
+# A film flagged `bright_surround` has its plate painted dark in the regressor's input (the hand is found as before):
+# the regressor was fitted on films whose surround is the darkest thing in them. The plate is found from its own pixels,
+# not from the U-Net's outline (which misses the wrist and fingers on a bright plate): the components touching the
+# image's border of the pixels brighter than the border's median minus PLATE_DELTA, each at least PLATE_MIN_AREA of the
+# image, grown by PLATE_GROW of the image side (into the blend at the skin). Chosen on 100 train films under the
+# suite's bright plate (regressor alone: 20.5 -> 10.0 months, clean 6.1; DELTA 0.035-0.08: 10.4-11.0) and judged on
+# tune end to end (train/RESULTS.md, session 13).
+PLATE_DELTA, PLATE_MIN_AREA, PLATE_GROW = 0.05, 0.02, 0.003
+BORDER = 0.03  # the border ring: this fraction of the shorter side
+
+
+def border_level(pixels: np.ndarray) -> float:
+    """Median grey of the image's outer ring (BORDER of the shorter side): the plate or film around a hand."""
+    h, w = pixels.shape
+    b = max(2, int(BORDER * min(h, w)))
+    return float(np.median(np.concatenate([pixels[:b].ravel(), pixels[-b:].ravel(), pixels[b:-b, :b].ravel(), pixels[b:-b, -b:].ravel()])))
+
+
+def darken_plate(pixels: np.ndarray) -> np.ndarray:
+    """`pixels` with the bright plate around the hand painted with the rest's 1st-percentile grey (see PLATE_DELTA)."""
+    bright = (pixels > border_level(pixels) - PLATE_DELTA).view(np.uint8)
+    _, labels, stats, _ = cv2.connectedComponentsWithStats(bright, connectivity=4)
+    edge = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
+    keep = [k for k in edge if k and stats[k, cv2.CC_STAT_AREA] >= PLATE_MIN_AREA * pixels.size]
+    if not keep:
+        return pixels
+    plate = np.isin(labels, keep).astype(np.uint8)
+    r = max(1, round(PLATE_GROW * max(pixels.shape)))
+    plate = dilate_ellipse(plate, r)
+    rest = pixels[plate == 0]
+    if not rest.size:
+        return pixels
+    return np.where(plate > 0, np.float32(np.percentile(rest, 1)), pixels).astype(np.float32)
+
+
 @dataclass(frozen=True)
 class Condition:
     name: str  # its key in the metrics and in the manifest's interval calibration
@@ -104,7 +139,7 @@ class Condition:
 CONDITIONS = (
     Condition("bright_surround", 0.2, ("bright_plate", "collimation"),
               "the film around the hand is bright ({value:.0%} of it brighter than the hand: a plate or collimator field?): "
-              "such images are estimated less reliably"),
+              "painted dark before estimating, but such images are estimated less reliably"),
     Condition("noisy", NOISY, ("noise",),
               "the image is noisy (noise {value:.3f} of the grey range): smoothed before estimating, but such images are "
               "estimated less reliably"),

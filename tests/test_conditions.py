@@ -5,11 +5,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 from runtime_fixtures import *  # noqa: F401,F403
 
-from edgeba import dataset, stress
+from edgeba import conditions, dataset, stress
 from edgeba.segment import bootstrap_mask
 from edgeba.conditions import CONDITIONS, bright_surround, noise_level
 
@@ -44,9 +45,10 @@ def test_a_flagged_image_warns_and_gets_the_conditions_interval(tmp_path):
     bright = p.predict(path, "male")
     assert clean.mask_quality["metrics"][CONDITION] < BRIGHT < bright.mask_quality["metrics"][CONDITION]
     field = stress.write_variant(stress.read_raw(case), clean.mask, case.id, "collimation", stress.SEED, Path(tmp_path))
-    assert p.predict(field, "male").mask_quality["metrics"][CONDITION] > BRIGHT  # the film grew a bright frame
+    framed = p.predict(field, "male").mask_quality["metrics"]  # the film grew a bright frame: cut off, nothing left to flag
+    assert framed["cut"]["kind"] == "field" and framed[CONDITION] < BRIGHT
     assert not any("film around the hand is bright" in w for w in clean.warnings)
-    assert any("film around the hand is bright" in w for w in bright.warnings)
+    assert any("film around the hand is bright" in w and "painted dark" in w for w in bright.warnings)
     cal = load_manifest().data["interval"]
     widths = [(i[1] - i[0]) / 2 for i in (clean.interval_months, bright.interval_months)]
     assert widths[0] == pytest.approx(cal["modes"]["single"]["half_width"], abs=0.06)
@@ -80,3 +82,37 @@ def test_a_noisy_film_is_smoothed_before_it_is_estimated(tmp_path, monkeypatch):
         gaps["smoothed"].append(abs(smoothed.bone_age_months - clean.bone_age_months))
         gaps["raw"].append(abs(raw.bone_age_months - clean.bone_age_months))
     assert np.mean(gaps["smoothed"]) < 0.6 * np.mean(gaps["raw"])
+
+
+def test_a_bright_plate_is_painted_dark_and_the_hand_is_kept():
+    from rsna import rsna_image
+
+    from edgeba import stress
+    from edgeba.segment import bootstrap_mask
+
+    film = rsna_image("10108")
+    mask = bootstrap_mask(film)
+    plate = stress.bright_plate(film, mask, np.random.default_rng(0), levels=(0.8, 0.8))
+    out = conditions.darken_plate(plate)
+    inner = cv2.erode(mask, np.ones((15, 15), np.uint8)) > 0  # the hand well inside its outline
+    assert np.array_equal(out[inner], plate[inner])
+    far = cv2.dilate(mask, np.ones((41, 41), np.uint8)) == 0  # the plate well away from the hand
+    assert float(np.median(plate[far])) > 0.7 and float(np.percentile(out[far], 99)) < 0.3
+    assert np.all(out[far] == out[far][0])  # one grey: the rest's 1st percentile
+    assert conditions.darken_plate(np.full((50, 40), 0.9, np.float32)) is not None  # no hand at all: no crash
+
+
+def test_painting_the_plate_brings_the_estimate_back_towards_the_clean_films(tmp_path, monkeypatch):
+    from edgeba.predictor import Predictor
+
+    p = Predictor(None, "tflite", 1)
+    errors = {"painted": [], "as_is": []}
+    for image_id in GOOD_IDS[:3]:
+        case = _case(image_id)
+        clean = p.predict(case.image_path, "male")
+        path = stress.write_variant(stress.read_raw(case), clean.mask, case.id, "bright_plate", stress.SEED, Path(tmp_path))
+        errors["painted"].append(abs(p.predict(path, "male").bone_age_months - clean.bone_age_months))
+        with monkeypatch.context() as m:
+            m.setattr(conditions, "darken_plate", lambda px: px)
+            errors["as_is"].append(abs(p.predict(path, "male").bone_age_months - clean.bone_age_months))
+    assert np.mean(errors["painted"]) < np.mean(errors["as_is"]) / 2, errors
