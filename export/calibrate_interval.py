@@ -14,6 +14,10 @@ sibling's residuals), recorded as such in the manifest. Rerun whenever the shipp
 film around the hand, a noisy image): the split's images under the stress suite's transforms that make it,
 run end to end by DIR's model (a model directory whose regressor was not fitted on the split, e.g. the
 shipped one's train-only sibling on the keras backend), keeping those the pipeline flags.
+`--conditions-shift` (with `--residuals-from`) does the same with the model itself when no train-only sibling can
+be run (its weights not kept): each flagged variant's residual is approximated by the sibling's held-out clean
+residual plus what the condition did to this model's estimate (its estimate of the variant minus its estimate of the
+clean image). The model was fitted on the split's labels, not on what an acquisition change does to its estimates.
 """
 
 from __future__ import annotations
@@ -97,6 +101,11 @@ def measure_conditions(model_dir: Path, split: str, backend: str) -> dict[str, t
     return out
 
 
+def _shifted(variant: dict, own_clean: dict, held_clean: dict) -> dict:
+    """`variant`'s row with the held-out clean estimate moved by what the condition did to this model's estimate."""
+    return variant | {m: held_clean[m] + variant[m] - own_clean[m] for m in ("single", "tta")}
+
+
 def _modes(rows: list[dict]) -> dict:
     true = np.array([r["true"] for r in rows])
     single = np.array([r["single"] for r in rows])
@@ -116,11 +125,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--conditions-model", type=Path, default=None,
                     help="model directory (not fitted on the split) that calibrates the bright-film condition")
     ap.add_argument("--conditions-backend", default="keras")
+    ap.add_argument("--conditions-shift", action="store_true",
+                    help="calibrate the conditions from this model's shifts added to the --residuals-from residuals")
     ap.add_argument("--dry-run", action="store_true", help="print the calibration, do not write the manifest")
     a = ap.parse_args(argv)
 
+    if a.conditions_shift and (a.residuals_from is None or a.conditions_model is not None):
+        ap.error("--conditions-shift needs --residuals-from and replaces --conditions-model")
     t0 = time.time()
     rows, refused = measure(a.model, a.split, a.backend)
+    own = {r["id"]: r for r in rows}  # this model's clean estimates, before a proxy's residuals replace them
     if a.residuals_from is not None:
         single = _run_csv(a.residuals_from / f"predictions_{a.split}.csv")
         tta = _run_csv(a.residuals_from / f"predictions_{a.split}_tta.csv")
@@ -145,6 +159,14 @@ def main(argv: list[str] | None = None) -> int:
         cal["conditions"] = {c.name: _modes(measured[c.name][0]) | {
             "source": f"{a.conditions_model.as_posix()} end to end ({a.conditions_backend}) on the {a.split} images under the stress "
                       f"suite's {' and '.join(c.transforms)} (seed {stress.SEED}) that it flags; {measured[c.name][1]} variants not flagged"}
+            for c in CONDITIONS}
+    if a.conditions_shift:
+        held = {r["id"]: r for r in rows}
+        measured = measure_conditions(a.model, a.split, a.backend)
+        cal["conditions"] = {c.name: _modes([_shifted(r, own[r["id"]], held[r["id"]]) for r in measured[c.name][0] if r["id"] in held]) | {
+            "source": f"{a.residuals_from.as_posix()}'s held-out clean residuals on {a.split}, each moved by what the stress suite's "
+                      f"{' and '.join(c.transforms)} (seed {stress.SEED}) did to this model's estimate ({a.backend}), for the variants "
+                      f"it flags; {measured[c.name][1]} variants not flagged"}
             for c in CONDITIONS}
     print(json.dumps(cal, indent=1))
     print(f"{len(rows)} images, {len(refused)} refused, {time.time() - t0:.0f} s", file=sys.stderr)

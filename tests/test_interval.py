@@ -96,3 +96,17 @@ def test_evaluate_json_reports_coverage_and_width(tmp_path):
     m = json.loads(proc.stdout)
     assert m["interval_n"] == 3 and round(m["interval_coverage"] * 3, 3) in (0, 1, 2, 3)
     assert m["interval_mean_width"] > 10
+
+
+def test_a_conditions_residual_is_the_held_out_residual_moved_by_the_models_shift():
+    from scripts import load_script
+
+    cal = load_script("export/calibrate_interval.py")
+    own = {"id": "1", "true": 100.0, "single": 104.0, "tta": 103.0, "spread": 2.0}  # fitted on the image: close
+    held = own | {"single": 112.0, "tta": 110.0}  # the train-only sibling's clean estimates
+    variant = own | {"single": 90.0, "tta": 93.0, "spread": 6.0}  # the condition moved this model by -14 / -10
+    moved = cal._shifted(variant, own, held)
+    assert moved["single"] == 98.0 and moved["tta"] == 100.0  # 112 - 14, 110 - 10
+    assert moved["spread"] == 6.0 and moved["true"] == 100.0  # the variant's own spread, the image's label
+    with pytest.raises(SystemExit):  # the shift needs held-out residuals to move
+        cal.main(["--conditions-shift", "--dry-run"])
