@@ -99,8 +99,11 @@ def denoise(pixels: np.ndarray, noise: float) -> np.ndarray:
 # image's border of the pixels brighter than the border's median minus PLATE_DELTA, each at least PLATE_MIN_AREA of the
 # image, grown by PLATE_GROW of the image side (into the blend at the skin). Chosen on 100 train films under the
 # suite's bright plate (regressor alone: 20.5 -> 10.0 months, clean 6.1; DELTA 0.035-0.08: 10.4-11.0) and judged on
-# tune end to end (train/RESULTS.md, session 13).
-PLATE_DELTA, PLATE_MIN_AREA, PLATE_GROW = 0.05, 0.02, 0.003
+# tune end to end (train/RESULTS.md, session 13). A "plate" that covers over PLATE_MAX_COVER of the hand's outline is
+# part of the hand (a tight crop's border is the hand itself; on a dark noisy film bone passes the bar): not painted
+# (train, 193 flagged variants: over a cover of 0.5 painting lost 9-82 months on 8 of 25; the limit 0.3 is the largest
+# whose worst loss stays under 20 months).
+PLATE_DELTA, PLATE_MIN_AREA, PLATE_GROW, PLATE_MAX_COVER = 0.05, 0.02, 0.003, 0.3
 BORDER = 0.03  # the border ring: this fraction of the shorter side
 
 
@@ -111,8 +114,9 @@ def border_level(pixels: np.ndarray) -> float:
     return float(np.median(np.concatenate([pixels[:b].ravel(), pixels[-b:].ravel(), pixels[b:-b, :b].ravel(), pixels[b:-b, -b:].ravel()])))
 
 
-def darken_plate(pixels: np.ndarray) -> np.ndarray:
-    """`pixels` with the bright plate around the hand painted with the rest's 1st-percentile grey (see PLATE_DELTA)."""
+def darken_plate(pixels: np.ndarray, hand: np.ndarray) -> np.ndarray:
+    """`pixels` with the bright plate around the hand painted with the rest's 1st-percentile grey (see PLATE_DELTA);
+    `hand`: the hand's outline on the same grid. Unchanged when the plate would cover over PLATE_MAX_COVER of it."""
     bright = (pixels > border_level(pixels) - PLATE_DELTA).view(np.uint8)
     _, labels, stats, _ = cv2.connectedComponentsWithStats(bright, connectivity=4)
     edge = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
@@ -122,6 +126,9 @@ def darken_plate(pixels: np.ndarray) -> np.ndarray:
     plate = np.isin(labels, keep).astype(np.uint8)
     r = max(1, round(PLATE_GROW * max(pixels.shape)))
     plate = dilate_ellipse(plate, r)
+    inside = hand > 0
+    if not inside.any() or float(plate[inside].mean()) > PLATE_MAX_COVER:
+        return pixels
     rest = pixels[plate == 0]
     if not rest.size:
         return pixels

@@ -193,7 +193,8 @@ class Predictor:
             quality["metrics"] |= {k: round(v, 4) for k, v in measured.items()}
             flags = conditions.flagged(measured)
             if any(c.name == "bright_surround" for c in flags):
-                full = conditions.darken_plate(full)  # the regressor never saw a bright surround (conditions.PLATE_DELTA)
+                # The regressor never saw a bright surround (conditions.PLATE_DELTA).
+                full = conditions.darken_plate(full, source_mask(mask, full.shape))
             warnings += [c.warning.format(value=measured[c.name]) for c in flags]
         else:
             warnings.append("this model has no segmentation stage: nothing checked that the image shows a hand")

@@ -93,13 +93,22 @@ def test_a_bright_plate_is_painted_dark_and_the_hand_is_kept():
     film = rsna_image("10108")
     mask = bootstrap_mask(film)
     plate = stress.bright_plate(film, mask, np.random.default_rng(0), levels=(0.8, 0.8))
-    out = conditions.darken_plate(plate)
+    out = conditions.darken_plate(plate, mask)
     inner = cv2.erode(mask, np.ones((15, 15), np.uint8)) > 0  # the hand well inside its outline
     assert np.array_equal(out[inner], plate[inner])
     far = cv2.dilate(mask, np.ones((41, 41), np.uint8)) == 0  # the plate well away from the hand
     assert float(np.median(plate[far])) > 0.7 and float(np.percentile(out[far], 99)) < 0.3
     assert np.all(out[far] == out[far][0])  # one grey: the rest's 1st percentile
-    assert conditions.darken_plate(np.full((50, 40), 0.9, np.float32)) is not None  # no hand at all: no crash
+    flat = np.full((50, 40), 0.9, np.float32)
+    assert conditions.darken_plate(flat, np.zeros(flat.shape, np.uint8)) is flat  # no hand at all: nothing to keep apart
+    # A "plate" over most of the hand's outline is the hand (a tight crop's border, bone on a dark noisy film): kept.
+    tight = np.ascontiguousarray(plate[mask.any(axis=1)][:, mask.any(axis=0)])
+    assert conditions.darken_plate(tight, np.ones(tight.shape, np.uint8)) is tight
+    conditions.PLATE_MAX_COVER, limit = 1.0, conditions.PLATE_MAX_COVER
+    try:  # without the limit most of it would be painted
+        assert float((conditions.darken_plate(tight, np.ones(tight.shape, np.uint8)) != tight).mean()) > 0.5
+    finally:
+        conditions.PLATE_MAX_COVER = limit
 
 
 def test_painting_the_plate_brings_the_estimate_back_towards_the_clean_films(tmp_path, monkeypatch):
@@ -113,6 +122,6 @@ def test_painting_the_plate_brings_the_estimate_back_towards_the_clean_films(tmp
         path = stress.write_variant(stress.read_raw(case), clean.mask, case.id, "bright_plate", stress.SEED, Path(tmp_path))
         errors["painted"].append(abs(p.predict(path, "male").bone_age_months - clean.bone_age_months))
         with monkeypatch.context() as m:
-            m.setattr(conditions, "darken_plate", lambda px: px)
+            m.setattr(conditions, "darken_plate", lambda px, hand: px)
             errors["as_is"].append(abs(p.predict(path, "male").bone_age_months - clean.bone_age_months))
     assert np.mean(errors["painted"]) < np.mean(errors["as_is"]) / 2, errors
