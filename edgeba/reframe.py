@@ -29,7 +29,7 @@ from edgeba.crop import upright_angle
 from edgeba.segment import dilate_ellipse
 
 MIN_HEIGHT = 0.62  # hand box height / image height below this: a small hand on a large plate
-MAX_TILT = 28.0  # degrees from fingers-up beyond this: turned upright first
+MAX_TILT = 24.0  # degrees from fingers-up beyond this: turned upright first (chosen on train, train/RESULTS.md session 13)
 # After the quarter turns (edgeba/orient.py) a real hand is within 45 degrees of fingers-up; an outline
 # tilted further is the U-Net tracing something else (tune: a collimation edge, estimates 60 months off).
 MAX_TRUSTED_TILT = 60.0
