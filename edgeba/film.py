@@ -12,6 +12,9 @@ border) and cut off; from then on the pipeline treats the cut as if it were the 
   dozen of its 128 pixels, its outline fails QC, and scored on the whole plate it reads as an infant's (train, 4 of 30:
   -95 months on average). What differs from the plate covers under SMALL_FILM of the image; the cut keeps a margin
   around it and is then re-framed like a train film (edgeba/reframe.py).
+
+The runtime (`Predictor`, hence batch, stress and the acquisition training cache) cuts; export's INT8 calibration and
+parity feed clean RSNA films through one U-Net pass and do not (1 of 300 train films would be cut: RSNA 4253).
 """
 
 from __future__ import annotations
