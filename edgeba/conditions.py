@@ -128,11 +128,8 @@ def darken_plate(pixels: np.ndarray, hand: np.ndarray) -> np.ndarray:
     plate = dilate_ellipse(plate, r)
     inside = hand > 0
     if not inside.any() or float(plate[inside].mean()) > PLATE_MAX_COVER:
-        return pixels
-    rest = pixels[plate == 0]
-    if not rest.size:
-        return pixels
-    return np.where(plate > 0, np.float32(np.percentile(rest, 1)), pixels).astype(np.float32)
+        return pixels  # past this, the rest (what is painted with) is never empty: it holds most of the hand
+    return np.where(plate > 0, np.float32(np.percentile(pixels[plate == 0], 1)), pixels).astype(np.float32)
 
 
 @dataclass(frozen=True)

@@ -71,12 +71,9 @@ def _field(pixels: np.ndarray, box: tuple[int, int, int, int]) -> tuple[int, int
     b = max(2, round(RING * min(y1 - y0, x1 - x0)))
     if min(y1 - y0, x1 - x0) <= 2 * b:
         return None
-    outside = np.ones(pixels.shape, bool)
-    outside[y0:y1, x0:x1] = False
-    ring = np.zeros(pixels.shape, bool)
-    ring[y0:y1, x0:x1] = True
-    ring[y0 + b : y1 - b, x0 + b : x1 - b] = False
-    frame, film = float(np.median(pixels[outside])), float(np.median(pixels[ring]))
+    h, w = pixels.shape
+    frame = float(np.median(_between(pixels, (0, h, 0, w), box)))
+    film = float(np.median(_between(pixels, box, (y0 + b, y1 - b, x0 + b, x1 - b))))
     if frame - film <= MIN_FRAME_CONTRAST:
         return None
     # film_box's blur reaches past the field's edge, and the collimator's penumbra is bright: the lines along
@@ -87,6 +84,13 @@ def _field(pixels: np.ndarray, box: tuple[int, int, int, int]) -> tuple[int, int
     x0 += _frame_lines(lambda k: pixels[y0:y1, x0 + k], b, mid)
     x1 -= _frame_lines(lambda k: pixels[y0:y1, x1 - 1 - k], b, mid)
     return y0, y1, x0, x1
+
+
+def _between(pixels: np.ndarray, outer: tuple[int, int, int, int], inner: tuple[int, int, int, int]) -> np.ndarray:
+    """The pixels inside box `outer` and outside box `inner` (which lies within it), flat: four strips, no image-sized mask."""
+    (oy0, oy1, ox0, ox1), (iy0, iy1, ix0, ix1) = outer, inner
+    return np.concatenate([pixels[oy0:iy0, ox0:ox1].ravel(), pixels[iy1:oy1, ox0:ox1].ravel(),
+                           pixels[iy0:iy1, ox0:ix0].ravel(), pixels[iy0:iy1, ix1:ox1].ravel()])
 
 
 def _small_film(shape: tuple[int, int], box: tuple[int, int, int, int]) -> tuple[int, int, int, int] | None:
@@ -101,8 +105,8 @@ def _small_film(shape: tuple[int, int], box: tuple[int, int, int, int]) -> tuple
 
 
 def scaled_box(box: tuple[int, int, int, int], shape: tuple[int, int], to_shape: tuple[int, int]) -> tuple[int, int, int, int]:
-    """A field's box on an image of `shape` as a box on the same film at `to_shape`, shrunk inwards to whole pixels:
-    a line partly in the frame is frame (one bright line at the film's edge moved an estimate by 1.7 months)."""
+    """A cut's box on an image of `shape` as a box on the same film at `to_shape`, shrunk inwards to whole pixels:
+    a line partly in a collimator's frame is frame (one bright line at the film's edge moved an estimate by 1.7 months)."""
     y0, y1, x0, x1 = box
     sy, sx = to_shape[0] / shape[0], to_shape[1] / shape[1]
     return math.ceil(y0 * sy), max(math.ceil(y0 * sy) + 1, math.floor(y1 * sy)), math.ceil(x0 * sx), max(math.ceil(x0 * sx) + 1, math.floor(x1 * sx))

@@ -123,7 +123,14 @@ def collimation(img: np.ndarray, mask: np.ndarray, rng: np.random.Generator, lev
     """A collimated field: outside it (5-20 % of the side on each side, `margins`) the film is 60-90 % grey (`levels`)."""
     h, w = img.shape
     t, b, l, r = (int(rng.uniform(*margins) * s) for s in (h, h, w, w))
-    out = _film((h + t + b, w + l + r), rng.uniform(*levels), rng)
+    return collimate(img, (t, b, l, r), rng.uniform(*levels), rng)
+
+
+def collimate(img: np.ndarray, frame: tuple[int, int, int, int], level: float, rng: np.random.Generator) -> np.ndarray:
+    """`img` inside a frame of film at grey `level`, `frame` = (top, bottom, left, right) px wide, with a penumbra."""
+    h, w = img.shape
+    t, b, l, r = frame
+    out = _film((h + t + b, w + l + r), level, rng)
     field = np.zeros(out.shape, np.float32)
     field[t : t + h, l : l + w] = 1.0
     field = cv2.GaussianBlur(field, (0, 0), 0.002 * max(h, w))  # the collimator's penumbra

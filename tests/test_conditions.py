@@ -84,7 +84,7 @@ def test_a_noisy_film_is_smoothed_before_it_is_estimated(tmp_path, monkeypatch):
     assert np.mean(gaps["smoothed"]) < 0.6 * np.mean(gaps["raw"])
 
 
-def test_a_bright_plate_is_painted_dark_and_the_hand_is_kept():
+def test_a_bright_plate_is_painted_dark_and_the_hand_is_kept(monkeypatch):
     from rsna import rsna_image
 
     from edgeba import stress
@@ -104,11 +104,8 @@ def test_a_bright_plate_is_painted_dark_and_the_hand_is_kept():
     # A "plate" over most of the hand's outline is the hand (a tight crop's border, bone on a dark noisy film): kept.
     tight = np.ascontiguousarray(plate[mask.any(axis=1)][:, mask.any(axis=0)])
     assert conditions.darken_plate(tight, np.ones(tight.shape, np.uint8)) is tight
-    conditions.PLATE_MAX_COVER, limit = 1.0, conditions.PLATE_MAX_COVER
-    try:  # without the limit most of it would be painted
-        assert float((conditions.darken_plate(tight, np.ones(tight.shape, np.uint8)) != tight).mean()) > 0.5
-    finally:
-        conditions.PLATE_MAX_COVER = limit
+    monkeypatch.setattr(conditions, "PLATE_MAX_COVER", 1.0)  # without the limit most of it would be painted
+    assert float((conditions.darken_plate(tight, np.ones(tight.shape, np.uint8)) != tight).mean()) > 0.5
 
 
 def test_painting_the_plate_brings_the_estimate_back_towards_the_clean_films(tmp_path, monkeypatch):

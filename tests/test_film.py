@@ -26,16 +26,10 @@ def film() -> np.ndarray:
 
 
 def _framed(film: np.ndarray, level: float = 0.75) -> tuple[np.ndarray, tuple[int, int, int, int]]:
-    """`film` inside a bright frame (12/8 % above/below, 15/10 % left/right) with the stress suite's penumbra and grain."""
+    """`film` inside a bright frame (12/8 % above/below, 15/10 % left/right), as the stress suite's collimation makes it."""
     h, w = film.shape
     t, b, l, r = int(0.12 * h), int(0.08 * h), int(0.15 * w), int(0.1 * w)
-    out = stress._film((h + t + b, w + l + r), level, np.random.default_rng(0))
-    field = np.zeros(out.shape, np.float32)
-    field[t : t + h, l : l + w] = 1.0
-    field = cv2.GaussianBlur(field, (0, 0), 0.002 * max(h, w))
-    inner = out.copy()
-    inner[t : t + h, l : l + w] = film
-    return (field * inner + (1 - field) * out).astype(np.float32), (t, t + h, l, l + w)
+    return stress.collimate(film, (t, b, l, r), level, np.random.default_rng(0)), (t, t + h, l, l + w)
 
 
 def _png(path: Path, img: np.ndarray) -> Path:
