@@ -84,6 +84,9 @@ def noise_level(pixels: np.ndarray) -> float:
 # 12). The flag, its warning and its wider interval stay: a smoothed film is still estimated less reliably.
 NLM_STRENGTH = 1.2  # filter strength h / the noise sigma (grey levels)
 NOISY = 0.015  # the `noisy` condition's threshold: it flags the image and turns the smoothing on
+# A noisy film is smoothed at this long side (its output is the regressor's input, cut from it as from a file: 256 px
+# of it at most): larger costs seconds per image at 1 thread, smaller blurs what the regressor sees.
+DENOISE_SIDE = 1024
 
 
 def denoise(pixels: np.ndarray, noise: float) -> np.ndarray:

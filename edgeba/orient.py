@@ -26,6 +26,12 @@ MAX_TILT = 45.0  # degrees from fingers-up that still count as upright
 # images: 3 upright hands turned, contrast of the winner -0.02 to +0.06; one 204-month hand estimated 36).
 # The largest bar that keeps the train/tune turn study (90 radiographs x 4 turns) 360 of 360 right.
 MIN_TURN_CONTRAST = 0.03
+# A quarter turn moves no pixel in or out of the image, so the turned copy's outline of the whole hand covers as much
+# of it as the stored image's does. One that covers under MIN_TURN_AREA of the stored outline's area is part of the
+# hand (a few fingers of a hand tilted 30-45 degrees, outlined upright with more "finger gaps" than the whole hand:
+# train 9617 tilted 45 degrees, 69 months, was estimated 22), and is no reason to turn. Chosen on 100 train films x 10
+# rotations (0.3 / 0.5: errors over 24 months 42 / 41 of 2,000, off 48) and judged on tune (train/RESULTS.md, session 14).
+MIN_TURN_AREA = 0.5
 
 
 def upright(hand: Hand) -> bool:
@@ -57,7 +63,9 @@ def _settled(hand: Hand, rank: tuple, upside_down: tuple) -> bool:
     return q.ok and rank[0] and q.metrics.get("finger_gaps", 0) >= 5 and rank >= upside_down
 
 
-def _turnable(hand: Hand, is_upright: bool) -> bool:
+def _turnable(hand: Hand, is_upright: bool, stored: Hand) -> bool:
+    if hand.mask.mean() < MIN_TURN_AREA * stored.mask.mean():
+        return False
     return is_upright and hand.contrast > MIN_TURN_CONTRAST  # NaN (no bone found): never
 
 
@@ -92,7 +100,7 @@ def find_upright_hand(pixels: np.ndarray, segment: Callable[[np.ndarray], np.nda
             ranks[k] = _rank(hands[k])
         # Only to an upright outline, and only when strictly better (ties keep the image as stored): a
         # non-hand segmented four ways must not get four chances to pass as one (tests/test_hand.py).
-        if _turnable(hands[k], ranks[k][0]) and ranks[k] > ranks[turns]:
+        if _turnable(hands[k], ranks[k][0], first) and ranks[k] > ranks[turns]:
             turns = k
     if turns == 0:
         return first, 0
@@ -100,7 +108,7 @@ def find_upright_hand(pixels: np.ndarray, segment: Callable[[np.ndarray], np.nda
         hand = find_hand(turn(pixels, turns), segment, polarity_known, film=False)
     else:  # the candidate's pixels are the stored ones turned: its pass stands, only the polarity is left
         hand = find_hand(hands[turns].pixels, segment, polarity_known, outline=hands[turns], film=False)
-    if _turnable(hand, ranks[turns][0] if hand is hands[turns] else upright(hand)):
+    if _turnable(hand, ranks[turns][0] if hand is hands[turns] else upright(hand), first):
         return hand, turns
     # The polarity pass outlined something else (it segments the inverse when QC fails or the contrast is
     # unclear): the turned outline that won the search stands, in the grey scale the stored image settled on.

@@ -64,3 +64,17 @@ def test_a_turned_winner_keeps_its_candidate_pass(predictor):
     assert (hand.quality, hand.inverted, hand.zoomed, hand.warnings) == (fresh.quality, fresh.inverted, fresh.zoomed, fresh.warnings)
     assert hand.contrast == fresh.contrast
     assert len(calls) == len(set(calls))  # no pass repeated on the same pixels
+
+
+def test_a_few_fingers_outlined_upright_do_not_turn_a_tilted_hand(predictor, tmp_path, monkeypatch):
+    # Train 9617 (69 months) tilted 45 degrees: the copy turned a quarter turn outlines a few fingers, upright, with
+    # more "finger gaps" than the stored image's whole hand. Turned to it, the hand was estimated 22 months.
+    from edgeba import orient
+    from edgeba.stress import rotate
+
+    path = _png(tmp_path / "tilted.png", rotate(rsna_image("9617"), 45))
+    kept = predictor.predict(path, "female")
+    assert kept.mask_quality["metrics"]["turned_degrees"] == 0 and abs(kept.bone_age_months - 69) < 24
+    monkeypatch.setattr(orient, "MIN_TURN_AREA", 0.0)
+    turned = predictor.predict(path, "female")
+    assert turned.mask_quality["metrics"]["turned_degrees"] == 90 and turned.bone_age_months < 45

@@ -15,9 +15,11 @@ def _images():
     yield np.full((64, 64), 0.25, np.float32)
     yield np.array([[0.7]], np.float32)
     yield rsna_image("1378")
+    yield (rng.exponential(size=(300, 211)) ** 3).astype(np.float32)  # a long tail: its bound is guessed from a sample
+    yield np.concatenate([np.zeros(90_000, np.float32), rng.random(10_000, dtype=np.float32)])  # ties across the tail
 
 
-@pytest.mark.parametrize("k", range(5))
+@pytest.mark.parametrize("k", range(7))
 def test_percentiles_and_stretch_equal_numpy(k):
     x = list(_images())[k]
     for q in ((0.5, 99.5), (1.0, 99.0), (0.0, 100.0), (50.0,)):
@@ -25,6 +27,7 @@ def test_percentiles_and_stretch_equal_numpy(k):
     lo, hi = np.percentile(x, (0.5, 99.5))
     plain = np.clip((x - lo) / max(hi - lo, 1e-6), 0, 1).astype(np.float32)
     assert _stretch(x).dtype == np.float32 and np.array_equal(_stretch(x), plain)  # bit for bit
+    assert _stretch(x, np.float64).dtype == np.float64 and np.array_equal(_stretch(x, np.float64), plain.astype(np.float64))
 
 
 def test_largest_component_equals_the_statistics_version():
