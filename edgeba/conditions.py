@@ -63,12 +63,12 @@ def noise_level(pixels: np.ndarray) -> float:
     last rows dropped, where the filter sees the band's edge): 3x faster than the whole image, and on 120
     train radiographs clean and under noise of sigma 0.01-0.06 within 0.0025 of the whole-image value, with
     the same flag on all 240 (one-off measurement, train/RESULTS.md session 11)."""
-    u8 = np.clip(pixels * 255.0 + 0.5, 0, 255).astype(np.uint8)
     h = pixels.shape[0]
     parts = []
     for y in range(0, max(1, h - NOISE_BAND) + 1, NOISE_STRIDE):
         rows = slice(y, min(h, y + NOISE_BAND))
-        d = pixels[rows].astype(np.float32) - cv2.medianBlur(u8[rows], 3).astype(np.float32) / 255.0
+        u8 = np.clip(pixels[rows] * 255.0 + 0.5, 0, 255).astype(np.uint8)  # the band's rows only: a quarter of the image
+        d = pixels[rows].astype(np.float32) - cv2.medianBlur(u8, 3).astype(np.float32) / 255.0
         parts.append(d[1:-1].ravel())
     d = np.concatenate(parts)
     return 1.4826 * float(np.median(np.abs(d - np.median(d)))) if d.size else 0.0

@@ -105,11 +105,14 @@ def _check_size(w: int, h: int, name: str) -> None:
         raise InputError(f"{name}: image is only {w}x{h} pixels; a hand radiograph needs at least {MIN_SIDE} px a side")
 
 
+UNIT_8BIT = np.arange(256, dtype=np.float32) / 255.0  # an 8-bit level as loaded
+
+
 def _to_unit(img: np.ndarray, name: str) -> tuple[np.ndarray, int, list[str]]:
     """Scale any integer/float grey image to [0, 1]; returns (pixels, bit depth, warnings)."""
     warnings = []
     if img.dtype == np.uint8:
-        return img.astype(np.float32) / 255.0, 8, warnings
+        return cv2.LUT(img, UNIT_8BIT), 8, warnings  # img.astype(np.float32) / 255, bit for bit, in one pass
     if img.dtype == np.bool_:
         raise InputError(f"{name}: image is binary (1-bit), not a radiograph")
     depth = 16 if img.dtype in (np.uint16, np.int16) else 32

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from edgeba.io import UNIT_8BIT
 from edgeba.quality import mask_quality
 
 WORK_SIDE = 256  # bootstrap resolution: fingers stay several pixels wide, a call stays ~0.1 s
@@ -90,8 +91,7 @@ def upsample_mask(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return (big >= 0.5).view(np.uint8)
 
 
-# The values an 8-bit file's pixels take after edgeba.io.load_image (level / 255 in float32).
-LEVELS_8BIT = np.arange(256, dtype=np.float32) / 255.0
+LEVELS_8BIT = UNIT_8BIT  # the values an 8-bit file's pixels take after edgeba.io.load_image (level / 255 in float32)
 
 
 def _lerp(order_stat, n: int, q: tuple[float, ...]) -> list[float]:
