@@ -50,7 +50,7 @@ def input_configs(data: dict, **override) -> dict[str, PreprocessConfig]:
 # regressor is fed from the file's own pixels (see work_image). Nothing else needs the full resolution, which
 # cost most of each image's time (issue 16); the overlay is drawn from this copy too, the noise smoothing at its own
 # side (conditions.DENOISE_SIDE). A 512 px copy (a mask made once, at the copy's size) takes 83 -> 51 ms per image but
-# failed its tune rule in session 14: it moves single films across the inversion and refusal decisions.
+# failed its tune rule in session 14: it moves single films across the turn, inversion and refusal decisions.
 WORK_SIDE = 1024
 
 
