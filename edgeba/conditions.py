@@ -82,10 +82,12 @@ def noise_level(pixels: np.ndarray) -> float:
 # 13.4 months; Gaussian 17.3, median 19.7). Shipped form, after a non-hand test caught smoothed noise passing as a
 # hand: only the regressor's input is smoothed, train 21.2 -> 13.7, tune 23.1 -> 15.7 (train/RESULTS.md, session
 # 12). The flag, its warning and its wider interval stay: a smoothed film is still estimated less reliably.
-NLM_STRENGTH = 1.2  # filter strength h / the noise sigma (grey levels)
+# Smoothed on a copy DENOISE_SIDE px long, from which the regressor's 256 px input is cut. A 512 px copy (the area
+# resize averages grain down first) was better on average (train, 90 noisy films: 13.41 -> 12.60 months at strength
+# 0.6; tune noise 15.24 -> 13.57) but read children under five years older (tune, 11 films: 14.2 -> 21.8; at 0.9
+# 19.1), so it was not adopted (train/RESULTS.md, session 14).
+NLM_STRENGTH = 1.2  # filter strength h / the noise sigma of the file as loaded (grey levels)
 NOISY = 0.015  # the `noisy` condition's threshold: it flags the image and turns the smoothing on
-# A noisy film is smoothed at this long side (its output is the regressor's input, cut from it as from a file: 256 px
-# of it at most): larger costs seconds per image at 1 thread, smaller blurs what the regressor sees.
 DENOISE_SIDE = 1024
 
 

@@ -185,9 +185,9 @@ class Predictor:
             # loaded: the flag's threshold was chosen at a file's resolution, and an area average hides grain.
             noise = conditions.noise_level(as_loaded)
             if conditions.noisy(noise):
-                # The regressor sees a noisy film smoothed (conditions.denoise), at most DENOISE_SIDE px long so the
-                # cost stays bounded (~0.6 s at DENOISE_SIDE, 1 thread). The hand was found, or refused, in the image as
-                # loaded: smoothed noise can look like a hand to the U-Net (tests/test_hand.py's non-hands).
+                # The regressor sees a noisy film smoothed (conditions.denoise) on a copy DENOISE_SIDE px long. The hand
+                # was found, or refused, in the image as loaded: smoothed noise can look like a hand to the U-Net
+                # (tests/test_hand.py's non-hands).
                 full = conditions.denoise(work_image(full, conditions.DENOISE_SIDE), noise)
             measured = conditions.measure(rad.pixels, mask, noise)
             quality["metrics"] |= {k: round(v, 4) for k, v in measured.items()}
