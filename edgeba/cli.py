@@ -235,6 +235,7 @@ def evaluate(
         typer.echo(f"  {'mean relative error':<21}{m['mean_relative_error'] * 100:10.2f} %")
         if m["interval_coverage"] is not None:
             typer.echo(f"  {'90 % intervals':<21}{m['interval_coverage'] * 100:10.2f} % cover the label, mean width {m['interval_mean_width']:.1f} months")
+        typer.echo("  MAE by true age     " + ", ".join(f"{band} {v['mae']:.2f} (n {v['n']})" for band, v in m["mae_by_age_band"].items()))
     if ev.failures:
         typer.echo(f"edgeba: {len(ev.failures)} of {n} images failed and are not in the metrics", err=True)
         raise typer.Exit(1)

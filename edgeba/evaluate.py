@@ -14,7 +14,7 @@ from pathlib import Path
 from edgeba.batch import IMAGE_SUFFIXES
 from edgeba.errors import EdgebaError, InputError
 from edgeba.interval import coverage_stats
-from edgeba.metrics import all_metrics, mae_interval
+from edgeba.metrics import age_band_mae, all_metrics, mae_interval
 
 
 @dataclass
@@ -79,5 +79,6 @@ def evaluate(images_dir, labels_csv, predict: Callable[[Path, str], tuple[float,
         ev.rows.append({"id": lab["id"], "true": lab["boneage_months"], "predicted": months, "interval": interval, "male": lab["male"]})
     if ev.rows:
         true, pred = [r["true"] for r in ev.rows], [r["predicted"] for r in ev.rows]
-        ev.metrics = {**all_metrics(true, pred), "mae_ci95": list(mae_interval(true, pred)), **coverage_stats(ev.rows)}
+        ev.metrics = {**all_metrics(true, pred), "mae_ci95": list(mae_interval(true, pred)), **coverage_stats(ev.rows),
+                      "mae_by_age_band": age_band_mae(true, pred)}
     return ev

@@ -10,6 +10,8 @@ from collections.abc import Hashable, Iterable
 
 import numpy as np
 
+from edgeba.dataset import AGE_BAND_NAMES, age_bin
+
 METRIC_KEYS = ("mae", "mse", "rmse", "max_error", "mean_error", "mean_relative_error", "n")
 
 
@@ -93,3 +95,10 @@ def mae_by_group(y_true, y_pred, groups: Iterable[Hashable]) -> dict[Hashable, d
         idx = np.array([x == key for x in g])
         out[key] = {"mae": float(np.mean(np.abs(p[idx] - t[idx]))), "n": int(idx.sum())}
     return out
+
+
+def age_band_mae(y_true, y_pred) -> dict[str, dict[str, float | int]]:
+    """mae_by_group over the true age's band (dataset.age_bin), keyed by the band's name, youngest first; bands
+    without an image are left out."""
+    t, p = _arrays(y_true, y_pred)
+    return {AGE_BAND_NAMES[k]: v for k, v in mae_by_group(t, p, [age_bin(a) for a in t]).items()}

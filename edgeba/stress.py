@@ -35,7 +35,7 @@ import numpy as np
 from edgeba import dataset
 from edgeba.errors import EdgebaError
 from edgeba.interval import coverage_stats
-from edgeba.metrics import all_metrics
+from edgeba.metrics import age_band_mae, all_metrics
 
 SEED = 20261203
 QUICK_N = 4  # images in --quick (CI): every transform still runs
@@ -47,9 +47,6 @@ TARGET_MAE_DELTA = 1.0
 TARGET_BIG_ERRORS = 0.01
 TARGET_REFUSALS = 0.005
 TARGET_COVERAGE = (0.85, 0.95)
-# MAE by true age as well as overall: a change can help the mean and cost one age group (a smaller copy for the noise
-# smoothing read children under five years older while the noise row improved; train/RESULTS.md, session 14).
-AGE_BANDS = {"<5 y": (0, 60), "5-10 y": (60, 120), ">=10 y": (120, float("inf"))}  # months, [lo, hi)
 
 
 def _border_level(img: np.ndarray) -> float:
@@ -329,11 +326,6 @@ def read_rows(path: Path, ids: set[str] | None = None) -> list[dict]:
     return [r for r in rows if per_id[r["id"]] == full and (ids is None or r["id"] in ids)]
 
 
-def _band_mae(ok: list[dict], lo: float, hi: float) -> float | None:
-    err = [abs(r["predicted"] - r["true"]) for r in ok if lo <= r["true"] < hi]
-    return round(float(np.mean(err)), 2) if err else None
-
-
 def summarize(rows: list[dict]) -> dict:
     by: dict[str, list[dict]] = {}
     for r in rows:
@@ -349,7 +341,9 @@ def summarize(rows: list[dict]) -> dict:
             t |= {"mae": round(m["mae"], 2), "bias": round(m["mean_error"], 2), "over_24": int((err > BIG_ERROR).sum()),
                   "over_24_frac": round(float((err > BIG_ERROR).mean()), 4),
                   "wrong_inversion": sum(r["inverted"] != r["expected_inversion"] for r in ok),
-                  "mae_by_age": {band: _band_mae(ok, lo, hi) for band, (lo, hi) in AGE_BANDS.items()}}
+                  # By true age too (dataset.age_bin): a change can help the mean and cost one age group (a smaller
+                  # copy for the noise smoothing read children under five older; train/RESULTS.md, session 14).
+                  "mae_by_age_band": age_band_mae(true, pred)}
             t |= coverage_stats(ok)
         table[name] = t
     clean = table.get("clean", {}).get("mae")
@@ -379,14 +373,14 @@ def markdown(result: dict) -> str:
              f"{meta['split']} {meta['n_images']} images, seed {meta['seed']}", "",
              f"`{meta['command']}` at {meta['created']}, {meta['seconds']:.0f} s", "",
              "| transform | n | refused | MAE | ΔMAE | bias | >24 mo | wrong inv. | coverage | mean width | "
-             + " | ".join(f"MAE {band}" for band in AGE_BANDS) + " |",
-             "|---|---|---|---|---|---|---|---|---|---|" + "---|" * len(AGE_BANDS)]
+             + " | ".join(f"MAE {band}" for band in dataset.AGE_BAND_NAMES) + " |",
+             "|---|---|---|---|---|---|---|---|---|---|" + "---|" * len(dataset.AGE_BAND_NAMES)]
     for name, t in result["transforms"].items():
-        ages = t.get("mae_by_age", {})
+        ages = {band: v["mae"] for band, v in t.get("mae_by_age_band", {}).items()}
         lines.append(f"| {name} | {t['n']} | {t['refused']} | {f(t.get('mae'))} | {f(t['mae_delta'], '{:+.2f}')} | "
                      f"{f(t.get('bias'), '{:+.2f}')} | {t.get('over_24', '-')} | {t.get('wrong_inversion', '-')} | "
                      f"{f(t.get('interval_coverage'), '{:.1%}')} | {f(t.get('interval_mean_width'), '{:.1f}')} | "
-                     + " | ".join(f(ages.get(band)) for band in AGE_BANDS) + " |")
+                     + " | ".join(f(ages.get(band)) for band in dataset.AGE_BAND_NAMES) + " |")
     c = result["checks"]
     lines += ["", "Targets (issue 15): " + ("all met" if c["pass"] else "NOT all met"),
               f"- MAE within +{TARGET_MAE_DELTA} month of clean: misses {', '.join(c['mae_within_1_month']) or 'none'}",

@@ -15,7 +15,7 @@ from test_io import BAD, _bad_inputs, write_dicom
 from typer.testing import CliRunner
 
 from edgeba import cli
-from edgeba.dataset import rsna_root
+from edgeba.dataset import AGE_BAND_NAMES, rsna_root
 from edgeba.metrics import METRIC_KEYS
 
 LEAKY_ID = "1886"  # U-Net mask touches the bottom, left and right borders (cache/masks_unet/quality.json)
@@ -211,7 +211,8 @@ def test_evaluate_json_has_the_thesis_keys_and_the_mae_interval(model_dir, tmp_p
     proc = run_cli("evaluate", rsna_root() / "train", _labels(tmp_path, GOOD_IDS), "--model", model_dir, "--json")
     assert proc.returncode == 0, proc.stderr
     m = json.loads(proc.stdout)
-    assert tuple(m) == METRIC_KEYS + ("mae_ci95", "interval_coverage", "interval_mean_width", "interval_n") and m["n"] == len(GOOD_IDS)
+    assert tuple(m) == METRIC_KEYS + ("mae_ci95", "interval_coverage", "interval_mean_width", "interval_n", "mae_by_age_band") and m["n"] == len(GOOD_IDS)
+    assert sum(b["n"] for b in m["mae_by_age_band"].values()) == m["n"] and set(m["mae_by_age_band"]) <= set(AGE_BAND_NAMES)
     assert m["interval_n"] == (len(GOOD_IDS) if model_dir == DEFAULT_DIR else 0)  # the fixture model is not calibrated
     assert m["mae_ci95"][0] <= m["mae"] <= m["mae_ci95"][1]
     assert m["rmse"] == pytest.approx(m["mse"] ** 0.5) and m["max_error"] >= m["mae"] >= abs(m["mean_error"])
@@ -223,6 +224,7 @@ def test_evaluate_text_and_failures(fixture_model, tmp_path):
     assert proc.returncode == 1  # one image missing: metrics still printed, failure reported
     assert "MAE" in proc.stdout and "mean relative error" in proc.stdout and f"n = {len(GOOD_IDS)}" in proc.stdout
     assert "95 % interval" in proc.stdout and f"bootstrap over the {len(GOOD_IDS)} images" in proc.stdout
+    assert "MAE by true age" in proc.stdout
     assert "99999999: no image with this id" in proc.stderr and "1 of 3 images failed" in proc.stderr
 
 

@@ -119,8 +119,11 @@ def test_a_partial_run_is_a_fixed_random_sample_not_the_first_ids():
 def test_the_summary_splits_each_transforms_mae_by_true_age():
     rows = [{"id": str(i), "transform": "clean", "status": "ok", "true": true, "predicted": true + err, "inverted": False,
              "expected_inversion": False, "interval": None}
-            for i, (true, err) in enumerate([(24.0, 10.0), (50.0, -20.0), (60.0, 3.0), (119.0, 5.0), (120.0, -1.0), (200.0, 0.0)])]
+            for i, (true, err) in enumerate([(12.0, 10.0), (23.0, -20.0), (24.0, 3.0), (200.0, 0.0)])]
     rows.append({"id": "9", "transform": "clean", "status": "refused", "true": 30.0, "expected_inversion": False})
     t = stress.summarize(rows)["transforms"]["clean"]
-    assert t["mae_by_age"] == {"<5 y": 15.0, "5-10 y": 4.0, ">=10 y": 0.5}  # [lo, hi) bands; a refusal has no error
-    assert stress.summarize(rows[2:4])["transforms"]["clean"]["mae_by_age"]["<5 y"] is None
+    # dataset.age_bin's bands, youngest first; a refusal has no error, a band without images is left out
+    assert t["mae_by_age_band"] == {"0-2y": {"mae": 15.0, "n": 2}, "2-5y": {"mae": 3.0, "n": 1}, "14y+": {"mae": 0.0, "n": 1}}
+    assert "| MAE 0-2y | MAE 2-5y |" in stress.markdown({"transforms": stress.summarize(rows)["transforms"], "checks": stress.summarize(rows)["checks"],
+                                                         "meta": {"model": "m", "backend": "b", "precise": False, "split": "s", "n_images": 5,
+                                                                  "seed": 1, "command": "c", "created": "t", "seconds": 0}})

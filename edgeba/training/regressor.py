@@ -20,7 +20,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from edgeba import dataset, metrics
+from edgeba import metrics
 from edgeba.preprocess import TTA_VIEWS, PreprocessConfig, affine, enhance_stage, tta_view
 from edgeba.training.crops import cache_command, load_crop_cache
 from edgeba.training.nets import VARIANTS, build_regressor, copy_weights, count_macs
@@ -217,7 +217,7 @@ def split_metrics(true: np.ndarray, pred: np.ndarray, male: np.ndarray) -> dict:
     m = metrics.all_metrics(true, pred)
     m["mae_ci95"] = list(metrics.mae_interval(true, pred))
     m["mae_by_sex"] = {("male" if k else "female"): v for k, v in metrics.mae_by_group(true, pred, np.asarray(male).astype(int)).items()}
-    m["mae_by_age_band"] = {dataset.AGE_BAND_NAMES[k]: v for k, v in metrics.mae_by_group(true, pred, [dataset.age_bin(a) for a in true]).items()}
+    m["mae_by_age_band"] = metrics.age_band_mae(true, pred)
     return m
 
 
