@@ -27,9 +27,11 @@ MAX_TILT = 45.0  # degrees from fingers-up that still count as upright
 # The largest bar that keeps the train/tune turn study (90 radiographs x 4 turns) 360 of 360 right.
 MIN_TURN_CONTRAST = 0.03
 # A quarter turn moves no pixel in or out of the image, so the turned copy's outline of the whole hand covers as much
-# of it as the stored image's does. One that covers under MIN_TURN_AREA of the stored outline's area is part of the
-# hand (a few fingers of a hand tilted 30-45 degrees, outlined upright with more "finger gaps" than the whole hand:
-# train 9617 tilted 45 degrees, 69 months, was estimated 22), and is no reason to turn. Chosen on 100 train films x 10
+# of it as the stored image's does. One that covers under MIN_TURN_AREA of the stored outline's area, when that one
+# passes QC, is part of the hand (a few fingers of a hand tilted 30-45 degrees, outlined upright with more "finger
+# gaps" than the whole hand: train 9617 tilted 45 degrees, 69 months, was estimated 22), and is no reason to turn. A
+# stored outline that fails QC is no measure of the hand (a plate's or a leak's outline: train, small films on a
+# plate turned 90-270 degrees, 3 of 180 kept sideways without this condition). Chosen on 100 train films x 10
 # rotations (0.3 / 0.5: errors over 24 months 42 / 41 of 2,000, off 48) and judged on tune (train/RESULTS.md, session 14).
 MIN_TURN_AREA = 0.5
 
@@ -64,7 +66,7 @@ def _settled(hand: Hand, rank: tuple, upside_down: tuple) -> bool:
 
 
 def _turnable(hand: Hand, is_upright: bool, stored: Hand) -> bool:
-    if hand.mask.mean() < MIN_TURN_AREA * stored.mask.mean():
+    if stored.quality.ok and hand.mask.mean() < MIN_TURN_AREA * stored.mask.mean():
         return False
     return is_upright and hand.contrast > MIN_TURN_CONTRAST  # NaN (no bone found): never
 

@@ -78,3 +78,17 @@ def test_a_few_fingers_outlined_upright_do_not_turn_a_tilted_hand(predictor, tmp
     monkeypatch.setattr(orient, "MIN_TURN_AREA", 0.0)
     turned = predictor.predict(path, "female")
     assert turned.mask_quality["metrics"]["turned_degrees"] == 90 and turned.bone_age_months < 45
+
+
+def test_a_failed_stored_outline_is_no_measure_for_the_turn_guard(predictor, tmp_path):
+    # Train 10973 (the suite's small film on a plate) turned upside down: the stored image's outline fails QC (it is
+    # not the hand's), so the guard does not hold the upright copy's smaller outline against it; before this the
+    # film was scored upside down, 85 months off.
+    from edgeba import stress
+    from edgeba.dataset import split_cases
+
+    case = next(c for c in split_cases("train") if c.id == "10973")
+    img = stress.read_raw(case)
+    film = stress.TRANSFORMS["small_on_plate"][0](img, None, stress._rng(stress.SEED, case.id, "small_on_plate"))
+    p = predictor.predict(_png(tmp_path / "upside_down.png", np.rot90(film, 2)), "male" if case.male else "female")
+    assert p.mask_quality["metrics"]["turned_degrees"] == 180 and abs(p.bone_age_months - case.boneage_months) < 24
