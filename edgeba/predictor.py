@@ -16,15 +16,16 @@ import numpy as np
 from edgeba import conditions, film, interval, regress
 from edgeba.backends import choose, default_threads, open_stage
 from edgeba.errors import InputError, SegmentationError
-from edgeba.hand import MIN_DETAIL, detail, is_hand, texture
+from edgeba.hand import MIN_DETAIL, Hand, detail, is_hand, texture
 from edgeba.io import Radiograph, load_image
 from edgeba.manifest import load_manifest
-from edgeba.orient import find_upright_hand, turn
+from edgeba.orient import find_upright_hand, turn, upright
 from edgeba.preprocess import crops_to_hand, input_configs, regressor_feeds, source_mask, work_image, work_side
 from edgeba.reframe import reframe
 from edgeba.segment import mask_from_prob, unet_input
 
 SEXES = ("male", "female")
+REORIENT_ON_PLATE = True  # Predictor._find_hand: a film on a bright plate searches its orientation again, painted
 
 
 @dataclass
@@ -129,6 +130,26 @@ class Predictor:
         x, box = unet_input(pixels, self.cfg.unet_size)
         return mask_from_prob(self.unet.run({"image": x[None, :, :, None]}), box, pixels.shape)
 
+    def _find_hand(self, stored: np.ndarray, polarity_known: bool):
+        """(hand, turns) as orient.find_upright_hand; a film on a bright plate (conditions.bright_surround) whose hand was
+        not found upright with a QC-passing outline looks for its orientation again with the plate painted dark: the
+        U-Net outlines a hand on a bright plate poorly in any orientation, and turned films on a plate were scored
+        sideways (train, 60 films x 3 turns: 24 of 180 right; 128 with this; tune unchanged; train/RESULTS.md, session
+        14). Only another turn replaces the first search's hand: its outline, on the unpainted pixels turned the same
+        way (the measures still see the plate, so the film stays flagged and is painted for the regressor as before)."""
+        hand, turns = find_upright_hand(stored, self._segment, polarity_known)
+        if not REORIENT_ON_PLATE or hand.inverted or not hand.mask.any():
+            return hand, turns
+        if (hand.quality.ok and upright(hand)) or not conditions.flagged({"bright_surround": conditions.bright_surround(hand.pixels, hand.mask)}):
+            return hand, turns
+        painted = conditions.darken_plate(stored, turn(hand.mask, -turns))
+        if painted is stored:
+            return hand, turns
+        again, turns2 = find_upright_hand(painted, self._segment, polarity_known)
+        if turns2 == turns or again.inverted:
+            return hand, turns
+        return Hand(turn(stored, turns2), again.mask, again.quality, inverted=False, zoomed=again.zoomed, warnings=list(again.warnings)), turns2
+
     def predict(self, path: str | Path, sex: str | None = None, force: bool = False) -> Prediction:
         """One radiograph -> Prediction. Raises InputError / SegmentationError / ModelError."""
         timings: dict[str, float] = {}
@@ -159,7 +180,7 @@ class Predictor:
         self._unet_passes = 0
         if self.unet is not None:
             t0 = time.perf_counter()
-            hand, turns = find_upright_hand(rad.pixels, self._segment, rad.polarity_known)
+            hand, turns = self._find_hand(rad.pixels, rad.polarity_known)
             timings["segment"] = _ms(t0)
             rad.pixels, mask, q, inverted = hand.pixels, hand.mask, hand.quality, hand.inverted
             as_loaded, full = full, turn(full, turns)

@@ -122,3 +122,25 @@ def test_painting_the_plate_brings_the_estimate_back_towards_the_clean_films(tmp
             m.setattr(conditions, "darken_plate", lambda px, hand: px)
             errors["as_is"].append(abs(p.predict(path, "male").bone_age_months - clean.bone_age_months))
     assert np.mean(errors["painted"]) < np.mean(errors["as_is"]) / 2, errors
+
+
+def test_a_turned_film_on_a_bright_plate_is_turned_back_once_the_plate_is_painted(tmp_path, monkeypatch):
+    # Train 6702 on the suite's bright plate, turned 90 degrees: on the bright plate the U-Net outlines no upright hand
+    # in any orientation, and the film was scored sideways (102 months off). With the plate painted, the quarter-turn
+    # search finds it (Predictor._find_hand); the measures still see the bright plate, so it stays flagged.
+    from edgeba import predictor as P
+    from edgeba.predictor import Predictor
+
+    case = next(c for c in dataset.split_cases("train") if c.id == "6702")
+    img = stress.read_raw(case)
+    film = stress.bright_plate(img, bootstrap_mask(img), stress._rng(stress.SEED, case.id, "bright_plate"))
+    path = tmp_path / "sideways.png"
+    assert cv2.imwrite(str(path), np.round(np.clip(np.rot90(film, 1), 0, 1) * 255).astype(np.uint8))
+    p = Predictor(None, "tflite", 1)
+    sex = "male" if case.male else "female"
+    found = p.predict(path, sex)
+    assert found.mask_quality["metrics"]["turned_degrees"] == 270 and abs(found.bone_age_months - case.boneage_months) < 12
+    assert found.mask_quality["metrics"]["bright_surround"] > 0.2 and any("bright" in w for w in found.warnings)
+    monkeypatch.setattr(P, "REORIENT_ON_PLATE", False)
+    missed = p.predict(path, sex)
+    assert missed.mask_quality["metrics"]["turned_degrees"] == 0 and abs(missed.bone_age_months - case.boneage_months) > 40
