@@ -218,6 +218,7 @@ def card(model_dir: Path, reg_run: Path, unet_run: Path) -> str:
         " an independent test set may differ).",
         "- Ages under 2 years are rare in the training data (val n=2).",
         "- Acquisition changes cost accuracy: on the stress suite (all val images, `edgeba stress`; latest summary in `benchmarks/results/stress-*`) strong noise and negatives with weak bone contrast are estimated clearly worse than clean films, with a warning and a wider interval; a collimated field and a small film on a large plate are cut out, and a bright plate painted dark, before the model sees them (`edgeba/film.py`, `edgeba/conditions.py`), after which val reads them 0.4 (collimation, small film) and 2.5 months (bright plate) worse than clean films on average (session 13).",
+        "- A film that is both turned sideways or upside down and on a bright plate is the worst case known: the turn search is repeated with the plate painted, and still 3 in 10 such films (60 val films x 3 turns) are scored in the wrong orientation, years off (train/RESULTS.md, session 14).",
         "- One view is sensitive to where the film's edge falls: cutting a single pixel row off a radiograph moves the estimate by 2.6 months on average (20 tune images, up to 11); the float model does the same, and `--precise` halves it (train/RESULTS.md, session 13).",
         "",
     ]
