@@ -207,6 +207,9 @@ TRANSFORMS: dict[str, tuple[Transform, str, bool]] = {
     "jpeg_q30": (lambda i, m, r: i, ".jpg", False),
     "lowres400": (lambda i, m, r: _lowres(i, r), ".png", False),
     "markers_text": (markers, ".png", False),
+    # Two changes at once, the worst case known (train/RESULTS.md, session 14): a film on a bright plate, scanned
+    # landscape. The U-Net outlines little on a bright plate in any orientation, so the turn search can miss it.
+    "plate_rot90": (lambda i, m, r: np.rot90(bright_plate(i, m, r), 1), ".png", False),
 }
 
 

@@ -44,6 +44,8 @@ def test_geometry_of_the_framing_transforms(hand):
     assert crop.size < img.size
     bright = stress.bright_plate(img, mask, rng)
     assert 0.55 < float(np.median(bright[mask == 0])) < 0.95 and np.allclose(bright[cv2.erode(mask, np.ones((31, 31))) > 0], img[cv2.erode(mask, np.ones((31, 31))) > 0], atol=0.02)
+    turned = stress.TRANSFORMS["plate_rot90"][0](img, mask, stress._rng(1, "x", "plate_rot90"))
+    assert turned.shape == (w, h) and np.array_equal(np.rot90(turned, -1), stress.bright_plate(img, mask, stress._rng(1, "x", "plate_rot90")))
     marked = stress.markers(img, mask, rng)
     changed = np.abs(marked - img) > 0.05
     assert changed.any() and changed[mask > 0].mean() < 0.05  # printed where the hand is not
