@@ -91,9 +91,6 @@ def upsample_mask(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return (big >= 0.5).view(np.uint8)
 
 
-LEVELS_8BIT = UNIT_8BIT  # the values an 8-bit file's pixels take after edgeba.io.load_image (level / 255 in float32)
-
-
 def _lerp(order_stat, n: int, q: tuple[float, ...]) -> list[float]:
     """np.percentile's linear method (its own two-sided lerp) from `order_stat(k)` = the k-th smallest value."""
     out = []
@@ -105,46 +102,55 @@ def _lerp(order_stat, n: int, q: tuple[float, ...]) -> list[float]:
     return out
 
 
-TAIL = 0.05  # order statistics this close to either end are selected from the tail alone (_tail_stat)
+TAIL = 0.05  # order statistics this close to either end are selected from the tail alone (_tail_stats)
 
 
-def _tail_stat(flat: np.ndarray, k: int) -> float | None:
-    """The k-th smallest of `flat` from the few values beyond a bound guessed on a strided sample: all values on the
-    tail's side of the bound hold the k-th smallest exactly when there are enough of them (checked; None otherwise).
-    A partial sort of 2 % of the image instead of all of it: the stretch's 0.5/99.5 % cost a third of a U-Net pass."""
+def _tail_stats(flat: np.ndarray, ks: list[int]) -> dict[int, float] | None:
+    """The k-th smallest values of `flat`, each k in a tail, from the few values beyond a bound guessed on a strided
+    sample: all values on a tail's side of its bound hold its order statistics exactly when there are enough of them
+    (checked; None otherwise). One partial sort of about 2 % of the image per tail instead of one of all of it: the
+    stretch's 0.5/99.5 % cost a third of a U-Net pass."""
     n = flat.size
     sample = flat[:: max(1, n // 4096)]
     m = sample.size
-    if 2 * k < n:  # lower tail: every value <= the bound, a prefix of the sorted array
-        j = min(m - 1, int((k + 1) / n * m * 2) + 8)
+    out: dict[int, float] = {}
+    if low := [k for k in ks if 2 * k < n]:  # every value <= the bound: a prefix of the sorted array
+        j = min(m - 1, int((max(low) + 1) / n * m * 2) + 8)
         sel = flat[flat <= np.partition(sample, j)[j]]
-        return float(np.partition(sel, k)[k]) if sel.size > k else None
-    up = n - 1 - k  # upper tail: every value >= the bound, a suffix of the sorted array
-    j = max(0, m - 1 - (int((up + 1) / n * m * 2) + 8))
-    sel = flat[flat >= np.partition(sample, j)[j]]
-    i = k - (n - sel.size)
-    return float(np.partition(sel, i)[i]) if i >= 0 else None
+        if sel.size <= max(low):
+            return None
+        part = np.partition(sel, low)
+        out |= {k: float(part[k]) for k in low}
+    if high := [k for k in ks if 2 * k >= n]:  # every value >= the bound: a suffix of the sorted array
+        j = max(0, m - 1 - (int((n - min(high)) / n * m * 2) + 8))
+        sel = flat[flat >= np.partition(sample, j)[j]]
+        skipped = n - sel.size  # values below the bound: the suffix starts at this rank
+        if min(high) < skipped:
+            return None
+        part = np.partition(sel, [k - skipped for k in high])
+        out |= {k: float(part[k - skipped]) for k in high}
+    return out
 
 
 def percentiles(x: np.ndarray, q: tuple[float, ...]) -> list[float]:
-    """np.percentile(x, q), the same values, from partial sorts: of the tail alone for a percentile within TAIL of
-    either end (_tail_stat), else of the whole array (np.percentile costs about twice as much)."""
+    """np.percentile(x, q), the same values, from partial sorts: of the tails alone when every percentile lies within
+    TAIL of an end (_tail_stats), else of the whole array (np.percentile costs about twice as much)."""
     flat = x.reshape(-1)
     n = flat.size
     ks = sorted({min(int(p / 100 * (n - 1)) + d, n - 1) for p in q for d in (0, 1)})
-    tails = {k: _tail_stat(flat, k) for k in ks if min(k, n - 1 - k) < TAIL * n}
-    if any(v is None for v in tails.values()) or len(tails) < len(ks):
+    tails = _tail_stats(flat, ks) if all(min(k, n - 1 - k) < TAIL * n for k in ks) else None
+    if tails is None:
         part = np.partition(flat, ks)
         return _lerp(lambda k: float(part[k]), n, q)
     return _lerp(tails.__getitem__, n, q)
 
 
 def _levels(x: np.ndarray) -> np.ndarray | None:
-    """uint8 level of every pixel when `x` holds only LEVELS_8BIT (an 8-bit file as loaded), else None."""
+    """uint8 level of every pixel when `x` holds only io.UNIT_8BIT's values (an 8-bit file as loaded), else None."""
     if x.dtype != np.float32:
         return None
     code = cv2.convertScaleAbs(x, alpha=255.0)  # rounded, saturated: checked below
-    return code if np.array_equal(cv2.LUT(code, LEVELS_8BIT), x) else None
+    return code if np.array_equal(cv2.LUT(code, UNIT_8BIT), x) else None
 
 
 def _stretch(x: np.ndarray, dtype=np.float32) -> np.ndarray:
@@ -158,8 +164,8 @@ def _stretch(x: np.ndarray, dtype=np.float32) -> np.ndarray:
         # OpenCV counts in float32, exact below 2**24 pixels; np.bincount is exact always, 3x slower.
         counts = cv2.calcHist([code], [0], None, [256], [0, 256]).ravel() if x.size < 2**24 else np.bincount(code.reshape(-1), minlength=256)
         cum = np.cumsum(counts.astype(np.int64))
-        lo, hi = _lerp(lambda k: float(LEVELS_8BIT[np.searchsorted(cum, k, side="right")]), x.size, (0.5, 99.5))
-        table = np.clip((LEVELS_8BIT.astype(np.float64) - lo) / max(hi - lo, 1e-6), 0, 1).astype(np.float32)
+        lo, hi = _lerp(lambda k: float(UNIT_8BIT[np.searchsorted(cum, k, side="right")]), x.size, (0.5, 99.5))
+        table = np.clip((UNIT_8BIT.astype(np.float64) - lo) / max(hi - lo, 1e-6), 0, 1).astype(np.float32)
         return cv2.LUT(code, table.astype(dtype))
     lo, hi = percentiles(x, (0.5, 99.5))
     buf = np.subtract(x, lo, dtype=np.float64)  # the same float64 arithmetic, in one buffer

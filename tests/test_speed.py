@@ -43,10 +43,10 @@ def test_largest_component_equals_the_statistics_version():
 def test_an_8bit_image_takes_the_lookup_table_path():
     from edgeba.segment import _levels
 
-    from edgeba.segment import LEVELS_8BIT
+    from edgeba.io import UNIT_8BIT
 
     x = rsna_image("1378")  # a JPEG: 256 levels
-    assert _levels(x) is not None and np.array_equal(LEVELS_8BIT[_levels(x)], x)
+    assert _levels(x) is not None and np.array_equal(UNIT_8BIT[_levels(x)], x)
     for off_grid in (np.random.default_rng(0).random((50, 50), dtype=np.float32), x.astype(np.float64), -x, x + 1e-4):
         assert _levels(off_grid) is None
 
