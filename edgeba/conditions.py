@@ -87,6 +87,7 @@ def noise_level(pixels: np.ndarray) -> float:
 # 0.6; tune noise 15.24 -> 13.57) but read children under five years older (tune, 11 films: 14.2 -> 21.8; at 0.9
 # 19.1), so it was not adopted (train/RESULTS.md, session 14).
 NLM_STRENGTH = 1.2  # filter strength h / the noise sigma of the file as loaded (grey levels)
+BRIGHT_SURROUND = 0.2  # the `bright_surround` condition's threshold: it flags the image and paints the plate dark
 NOISY = 0.015  # the `noisy` condition's threshold: it flags the image and turns the smoothing on
 DENOISE_SIDE = 1024
 
@@ -146,7 +147,7 @@ class Condition:
 
 
 CONDITIONS = (
-    Condition("bright_surround", 0.2, ("bright_plate", "collimation"),
+    Condition("bright_surround", BRIGHT_SURROUND, ("bright_plate", "collimation"),
               "the film around the hand is bright ({value:.0%} of it brighter than the hand: a plate or collimator field?): "
               "painted dark before estimating, but such images are estimated less reliably"),
     Condition("noisy", NOISY, ("noise",),
@@ -155,10 +156,15 @@ CONDITIONS = (
 )
 
 
-def measure(pixels: np.ndarray, mask: np.ndarray, noise: float) -> dict[str, float]:
-    """Every condition's metric for the working copy `pixels` and its hand mask; `noise`: noise_level of the
-    file's own pixels as loaded (an area average hides grain, and the threshold was chosen at a file's resolution)."""
-    return {"bright_surround": bright_surround(pixels, mask), "noisy": noise}
+def measure(surround: float, noise: float) -> dict[str, float]:
+    """Every condition's metric: `surround`, bright_surround of the working copy and its hand mask (hand.Hand.surround);
+    `noise`, noise_level of the file's own pixels as loaded (an area average hides grain, and the threshold was chosen
+    at a file's resolution)."""
+    return {"bright_surround": surround, "noisy": noise}
+
+
+def bright_film(surround: float) -> bool:
+    return surround > BRIGHT_SURROUND
 
 
 def noisy(noise: float) -> bool:

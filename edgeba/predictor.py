@@ -140,7 +140,7 @@ class Predictor:
         hand, turns = find_upright_hand(stored, self._segment, polarity_known)
         if not REORIENT_ON_PLATE or hand.inverted or not hand.mask.any():
             return hand, turns
-        if (hand.quality.ok and upright(hand)) or not conditions.flagged({"bright_surround": conditions.bright_surround(hand.pixels, hand.mask)}):
+        if (hand.quality.ok and upright(hand)) or not conditions.bright_film(hand.surround):
             return hand, turns
         painted = conditions.darken_plate(stored, turn(hand.mask, -turns))
         if painted is stored:
@@ -210,7 +210,7 @@ class Predictor:
                 # was found, or refused, in the image as loaded: smoothed noise can look like a hand to the U-Net
                 # (tests/test_hand.py's non-hands).
                 full = conditions.denoise(work_image(full, conditions.DENOISE_SIDE), noise)
-            measured = conditions.measure(rad.pixels, mask, noise)
+            measured = conditions.measure(hand.surround, noise)
             quality["metrics"] |= {k: round(v, 4) for k, v in measured.items()}
             flags = conditions.flagged(measured)
             if any(c.name == "bright_surround" for c in flags):
