@@ -79,6 +79,24 @@ def test_a_low_contrast_negative_whose_inverse_alone_shows_a_hand_is_inverted_an
     assert not pos.inverted and abs(pos.bone_age_months - neg.bone_age_months) < 1.0
 
 
+def test_a_negative_whose_finger_gaps_pass_as_a_hand_is_inverted(predictor, tmp_path, monkeypatch):
+    # Train 1563 (192 months) inverted: the U-Net outlines the bright air between the fingers as a hand that passes QC,
+    # bone "clearly bright" inside it, so the inverse was never looked at and the film was scored as stored (113 months).
+    # Its film is bright around that outline, as a positive's is only on a plate: the inverse is segmented too, shows
+    # a better hand with bone clearly dark, and wins (hand._negative_by_inverse; train/RESULTS.md, session 15).
+    from edgeba import hand as H
+
+    path = _png(tmp_path / "neg.png", 1.0 - _grey("1563"))
+    pos = predictor.predict(_png(tmp_path / "pos.png", _grey("1563")), "male")
+    neg = predictor.predict(path, "male")
+    assert neg.inverted and any("inverted image shows a better hand" in w for w in neg.warnings)
+    assert abs(neg.bone_age_months - pos.bone_age_months) < 3
+    monkeypatch.setattr(H, "RECHECK_BRIGHT_FILM", False)
+    missed = predictor.predict(path, "male")
+    assert not missed.inverted and missed.mask_quality["ok"] and missed.mask_quality["metrics"]["bone_contrast"] > CLEAR
+    assert missed.mask_quality["metrics"]["bright_surround"] > 0.2 and missed.bone_age_months < pos.bone_age_months - 40
+
+
 def test_a_dark_hand_on_black_film_in_a_grey_frame_has_bone_detail(predictor):
     # RSNA 3339: against the full grey range (film to frame) its bones looked smooth (hand.detail). (Its
     # outline, leaking along the frame, is refused by the outline checks, as before: README's 7 refusals.)
