@@ -156,6 +156,10 @@ CONDITIONS = (
 )
 
 
+PLATE_KEPT = ("the film around the hand is bright ({value:.0%} of it brighter than the hand: a plate or collimator field?) "
+              "and too close to the hand's own grey to be painted over: such images are estimated less reliably")
+
+
 def measure(surround: float, noise: float) -> dict[str, float]:
     """Every condition's metric: `surround`, bright_surround of the working copy and its hand mask (hand.Hand.surround);
     `noise`, noise_level of the file's own pixels as loaded (an area average hides grain, and the threshold was chosen

@@ -21,13 +21,11 @@ from edgeba.io import Radiograph, load_image
 from edgeba.manifest import load_manifest
 from edgeba.orient import find_upright_hand, turn, upright
 from edgeba.preprocess import crops_to_hand, input_configs, regressor_feeds, source_mask, work_image, work_side
-from edgeba.quality import mask_quality
 from edgeba.reframe import reframe
 from edgeba.segment import mask_from_prob, unet_input
 
 SEXES = ("male", "female")
 REORIENT_ON_PLATE = True  # Predictor._find_hand: a film on a bright plate searches its orientation again, painted
-RESEGMENT_ON_PLATE = True  # Predictor._fuller_on_plate: an upright hand on a bright plate is outlined again, painted
 
 
 @dataclass
@@ -140,10 +138,10 @@ class Predictor:
         14). Only another turn replaces the first search's hand: its outline, on the unpainted pixels turned the same
         way (the measures still see the plate, so the film stays flagged and is painted for the regressor as before)."""
         hand, turns = find_upright_hand(stored, self._segment, polarity_known)
-        if not REORIENT_ON_PLATE or hand.inverted or not hand.mask.any() or not conditions.bright_film(hand.surround):
+        if not REORIENT_ON_PLATE or hand.inverted or not hand.mask.any():
             return hand, turns
-        if hand.quality.ok and upright(hand):
-            return self._fuller_on_plate(hand), turns
+        if (hand.quality.ok and upright(hand)) or not conditions.bright_film(hand.surround):
+            return hand, turns
         painted = conditions.darken_plate(stored, turn(hand.mask, -turns))
         if painted is stored:
             return hand, turns
@@ -151,23 +149,6 @@ class Predictor:
         if turns2 == turns or again.inverted:
             return hand, turns
         return Hand(turn(stored, turns2), again.mask, again.quality, inverted=False, zoomed=again.zoomed, warnings=list(again.warnings)), turns2
-
-    def _fuller_on_plate(self, hand: Hand) -> Hand:
-        """`hand` (upright, its outline passing QC, on a bright plate), or the outline of one more U-Net pass on its pixels
-        with the plate painted dark (conditions.darken_plate) when that passes QC, points up, covers more and holds the
-        first outline: on a bright plate the U-Net can outline a palm without its fingers and still pass QC, and the
-        re-framing and the painting for the regressor then follow that partial outline."""
-        if not RESEGMENT_ON_PLATE or hand.zoomed:
-            return hand
-        painted = conditions.darken_plate(hand.pixels, hand.mask)
-        if painted is hand.pixels:
-            return hand
-        mask = self._segment(painted)
-        q = mask_quality(mask)
-        fuller = Hand(hand.pixels, mask, q, inverted=False, warnings=list(hand.warnings))
-        if not (q.ok and upright(fuller) and mask.sum() > hand.mask.sum()) or (mask & hand.mask).sum() < 0.9 * hand.mask.sum():
-            return hand
-        return fuller
 
     def predict(self, path: str | Path, sex: str | None = None, force: bool = False) -> Prediction:
         """One radiograph -> Prediction. Raises InputError / SegmentationError / ModelError."""
@@ -232,10 +213,14 @@ class Predictor:
             measured = conditions.measure(hand.surround, noise)
             quality["metrics"] |= {k: round(v, 4) for k, v in measured.items()}
             flags = conditions.flagged(measured)
+            kept = False
             if any(c.name == "bright_surround" for c in flags):
                 # The regressor never saw a bright surround (conditions.PLATE_DELTA).
-                full = conditions.darken_plate(full, source_mask(mask, full.shape))
-            warnings += [c.warning.format(value=measured[c.name]) for c in flags]
+                painted = conditions.darken_plate(full, source_mask(mask, full.shape))
+                kept, full = painted is full, painted
+            # A plate as bright as the hand is left as it is (conditions.PLATE_MAX_COVER): the warning must not say "painted".
+            warnings += [(conditions.PLATE_KEPT if kept and c.name == "bright_surround" else c.warning).format(value=measured[c.name])
+                         for c in flags]
         else:
             warnings.append("this model has no segmentation stage: nothing checked that the image shows a hand")
 

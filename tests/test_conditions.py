@@ -84,6 +84,19 @@ def test_a_noisy_film_is_smoothed_before_it_is_estimated(tmp_path, monkeypatch):
     assert np.mean(gaps["smoothed"]) < 0.6 * np.mean(gaps["raw"])
 
 
+def test_a_plate_as_bright_as_the_hand_is_not_said_to_be_painted(tmp_path):
+    # Train 14835 on the suite's bright plate: the plate would cover most of the hand's outline (PLATE_MAX_COVER), so
+    # darken_plate leaves the film as it is; the warning says so instead of "painted dark" (until session 15 it did not).
+    from edgeba.predictor import Predictor
+
+    case = _case("14835")
+    path = stress.write_variant(stress.read_raw(case), bootstrap_mask(stress.read_raw(case)), case.id, "bright_plate", stress.SEED, Path(tmp_path))
+    pred = Predictor(None, "tflite", 1).predict(path, "male")
+    said = [w for w in pred.warnings if "film around the hand is bright" in w]
+    assert pred.mask_quality["metrics"][CONDITION] > BRIGHT and len(said) == 1
+    assert "too close to the hand's own grey" in said[0] and "painted dark" not in said[0]
+
+
 def test_a_bright_plate_is_painted_dark_and_the_hand_is_kept(monkeypatch):
     from rsna import rsna_image
 
