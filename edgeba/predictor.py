@@ -26,10 +26,6 @@ from edgeba.segment import mask_from_prob, unet_input
 
 SEXES = ("male", "female")
 REORIENT_ON_PLATE = True  # Predictor._find_hand: a film on a bright plate searches its orientation again, painted
-# ... also when the upright, QC-passing outline shows bone this weakly (polarity.hand_contrast): on a bright plate the
-# U-Net can outline a sideways hand as an upright one, with next to no bone contrast inside (train300, plate_rot90:
-# 52 outlines under 0.03, MAE 37.8; bright plate's upright ones 13.8).
-REORIENT_BELOW_CONTRAST = 0.03
 
 
 @dataclass
@@ -144,7 +140,7 @@ class Predictor:
         hand, turns = find_upright_hand(stored, self._segment, polarity_known)
         if not REORIENT_ON_PLATE or hand.inverted or not hand.mask.any():
             return hand, turns
-        if (hand.quality.ok and upright(hand) and hand.contrast >= REORIENT_BELOW_CONTRAST) or not conditions.bright_film(hand.surround):
+        if (hand.quality.ok and upright(hand)) or not conditions.bright_film(hand.surround):
             return hand, turns
         painted = conditions.darken_plate(stored, turn(hand.mask, -turns))
         if painted is stored:
