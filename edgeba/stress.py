@@ -367,6 +367,80 @@ def summarize(rows: list[dict]) -> dict:
     return {"transforms": table, "checks": checks}
 
 
+def _abs_error(r: dict) -> float | None:
+    return abs(r["predicted"] - r["true"]) if r["status"] == "ok" else None
+
+
+def _wrong_inversion(r: dict) -> bool:
+    return r["status"] == "ok" and r["inverted"] != r["expected_inversion"]
+
+
+def compare(base: list[dict], new: list[dict], resamples: int = 2000, seed: int = 0) -> dict:
+    """Row-for-row comparison of two runs on the same images (`read_rows` rows): per transform the mean paired
+    difference in absolute error (new minus base, over images both scored) with a bootstrap 95 % interval over images,
+    and the refusals, errors over 24 months and wrong inversions of each; the same pooled over the non-clean transforms;
+    MAE by true age band over all transforms; and the rows that changed by over 5 months, or in status or polarity.
+    A change that moves one image across a fragile decision moves a transform's MAE on 134 images by 0.3 or more: the
+    interval says whether a difference is more than that (train/RESULTS.md, session 15)."""
+    a = {(r["id"], r["transform"]): r for r in base}
+    b = {(r["id"], r["transform"]): r for r in new}
+    keys = sorted(set(a) & set(b))
+    rng = np.random.default_rng(seed)
+    names = sorted({t for _, t in keys}, key=lambda t: (t != "clean", t))
+
+    def counts(rows: list[dict]) -> dict:
+        errs = [e for e in map(_abs_error, rows) if e is not None]
+        return {"refused": sum(r["status"] != "ok" for r in rows), "over_24": sum(e > BIG_ERROR for e in errs),
+                "wrong_inversion": sum(map(_wrong_inversion, rows))}
+
+    def paired(ks: list[tuple[str, str]]) -> dict:
+        d = np.array([_abs_error(b[k]) - _abs_error(a[k]) for k in ks if _abs_error(a[k]) is not None and _abs_error(b[k]) is not None])
+        out = {"n_paired": len(d), "base": counts([a[k] for k in ks]), "new": counts([b[k] for k in ks])}
+        if len(d):
+            boots = d[rng.integers(0, len(d), (resamples, len(d)))].mean(axis=1)
+            lo, hi = np.percentile(boots, (2.5, 97.5))
+            out |= {"mean_diff": round(float(d.mean()), 3), "ci95": [round(float(lo), 3), round(float(hi), 3)]}
+        return out
+
+    table = {t: paired([k for k in keys if k[1] == t]) for t in names}
+    pooled = paired([k for k in keys if k[1] != "clean"])
+    both = [k for k in keys if a[k]["status"] == "ok" and b[k]["status"] == "ok"]
+    bands = {}
+    for i, band in enumerate(dataset.AGE_BAND_NAMES):
+        ks = [k for k in both if dataset.age_bin(a[k]["true"]) == i]
+        if ks:
+            bands[band] = {"n": len(ks), "base": round(float(np.mean([_abs_error(a[k]) for k in ks])), 2),
+                           "new": round(float(np.mean([_abs_error(b[k]) for k in ks])), 2)}
+    changed = []
+    for k in keys:
+        x, y = a[k], b[k]
+        ex, ey = _abs_error(x), _abs_error(y)
+        if x["status"] != y["status"] or x.get("inverted") != y.get("inverted") or (ex is not None and ey is not None and abs(ey - ex) > 5):
+            changed.append({"id": k[0], "transform": k[1], "true": x["true"], "base": x.get("predicted", x["status"]),
+                            "new": y.get("predicted", y["status"]), "inverted": [x.get("inverted"), y.get("inverted")]})
+    return {"transforms": table, "pooled_non_clean": pooled, "age_bands": bands, "changed": changed, "n_keys": len(keys)}
+
+
+def compare_markdown(c: dict, base_name: str) -> str:
+    def row(name: str, t: dict) -> str:
+        ci = t.get("ci95")
+        moved = " | ".join(f"{t['base'][m]} -> {t['new'][m]}" for m in ("refused", "over_24", "wrong_inversion"))
+        return (f"| {name} | {t['n_paired']} | {t.get('mean_diff', float('nan')):+.3f} | "
+                + (f"{ci[0]:+.3f} to {ci[1]:+.3f}" if ci else "-") + f" | {moved} |")
+
+    lines = [f"## Against {base_name}, row for row ({c['n_keys']} image x transform pairs)", "",
+             "Mean paired difference in absolute error (this run minus the base, months; negative: better), its bootstrap "
+             "95 % interval over images, and the counts of each run.", "",
+             "| transform | paired | mean diff | 95 % interval | refused | >24 mo | wrong inv. |", "|---|---|---|---|---|---|---|"]
+    lines += [row(name, t) for name, t in c["transforms"].items()]
+    lines += [row("**pooled, non-clean**", c["pooled_non_clean"]), "",
+              "MAE by true age band, all transforms: " + "; ".join(f"{k} {v['base']:.2f} -> {v['new']:.2f} (n {v['n']})" for k, v in c["age_bands"].items()),
+              "", f"Rows that changed by over 5 months, or in status or polarity: {len(c['changed'])}", ""]
+    lines += [f"- {r['id']} {r['transform']} (true {r['true']:.0f}): {r['base']} -> {r['new']}"
+              + (f", inverted {r['inverted'][0]} -> {r['inverted'][1]}" if r["inverted"][0] != r["inverted"][1] else "") for r in c["changed"]]
+    return "\n".join(lines + [""])
+
+
 def markdown(result: dict) -> str:
     def f(v, fmt="{:.2f}"):
         return "-" if v is None else fmt.format(v)
@@ -409,6 +483,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tag", default="", help="suffix of the result files' names")
     ap.add_argument("--from-rows", type=Path, default=None, help="summarize a rows CSV of an earlier (or stopped) run instead of running")
     ap.add_argument("--only-ids-of", type=Path, default=None, help="with --from-rows: only the images in this other rows CSV (a matched comparison)")
+    ap.add_argument("--compare", type=Path, default=None, help="a base run's rows CSV: add a row-for-row comparison with it (paired differences, bootstrap intervals, changed rows)")
     a = ap.parse_args(argv)
 
     from edgeba.manifest import load_manifest
@@ -447,9 +522,12 @@ def main(argv: list[str] | None = None) -> int:
         "command": "edgeba stress " + " ".join(argv if argv is not None else sys.argv[1:]),
         "interval": (manifest.data.get("interval") or {}).get("source"),
     }
+    md = markdown(result)
+    if a.compare is not None:
+        result["compare"] = {"base": a.compare.name} | compare(read_rows(a.compare), rows)
+        md += "\n" + compare_markdown(result["compare"], a.compare.name)
     a.out.mkdir(parents=True, exist_ok=True)
     (a.out / f"{name}.json").write_text(json.dumps(result, indent=1) + "\n")
-    md = markdown(result)
     (a.out / f"{name}.md").write_text(md)
     print(md)
     print(f"wrote {a.out / name}.json/.md" + (f" and {a.rows / name}.csv" if a.rows else ""), file=sys.stderr)

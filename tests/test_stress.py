@@ -129,3 +129,30 @@ def test_the_summary_splits_each_transforms_mae_by_true_age():
     assert "| MAE 0-2y | MAE 2-5y |" in stress.markdown({"transforms": stress.summarize(rows)["transforms"], "checks": stress.summarize(rows)["checks"],
                                                          "meta": {"model": "m", "backend": "b", "precise": False, "split": "s", "n_images": 5,
                                                                   "seed": 1, "command": "c", "created": "t", "seconds": 0}})
+
+
+def _row(i: str, name: str, true: float, pred: float | None, inverted: bool = False, expect: bool = False) -> dict:
+    if pred is None:
+        return {"id": i, "transform": name, "status": "refused", "true": true, "expected_inversion": expect}
+    return {"id": i, "transform": name, "status": "ok", "true": true, "predicted": pred, "inverted": inverted,
+            "expected_inversion": expect, "interval": None}
+
+
+def test_two_runs_are_compared_row_for_row():
+    # One image crosses a decision (id 3, inverted: now inverted, 40 months nearer); one is now refused (id 4): paired
+    # differences leave it out, the counts show it; nothing else moved.
+    base = [_row(i, t, 100.0, 104.0) for i in "1234" for t in ("clean", "rot90")] + [_row(i, "inverted", 100.0, 105.0, expect=True) for i in "12"]
+    base += [_row("3", "inverted", 100.0, 50.0, expect=True), _row("4", "inverted", 60.0, 62.0, expect=True)]
+    new = [dict(r) for r in base[:-2]] + [_row("3", "inverted", 100.0, 90.0, inverted=True, expect=True), _row("4", "inverted", 60.0, None, expect=True)]
+    c = stress.compare(base, new, resamples=500)
+    assert list(c["transforms"]) == ["clean", "inverted", "rot90"]
+    assert c["transforms"]["clean"]["n_paired"] == 4 and c["transforms"]["clean"]["mean_diff"] == 0.0
+    inv = c["transforms"]["inverted"]
+    assert inv["n_paired"] == 3 and inv["mean_diff"] == pytest.approx(-40 / 3, abs=1e-3)
+    assert inv["ci95"][0] <= inv["mean_diff"] <= inv["ci95"][1] and inv["ci95"][0] == pytest.approx(-40.0, abs=1e-3)
+    assert inv["base"] == {"refused": 0, "over_24": 1, "wrong_inversion": 4} and inv["new"] == {"refused": 1, "over_24": 0, "wrong_inversion": 2}
+    assert c["pooled_non_clean"]["n_paired"] == 7 and c["pooled_non_clean"]["new"]["refused"] == 1
+    assert {(r["id"], r["transform"]) for r in c["changed"]} == {("3", "inverted"), ("4", "inverted")}
+    assert c["age_bands"]["8-11y"]["n"] == 11 and c["age_bands"]["8-11y"]["new"] < c["age_bands"]["8-11y"]["base"]
+    md = stress.compare_markdown(c, "base.csv")
+    assert "| inverted | 3 | -13.333 |" in md and "- 3 inverted (true 100): 50.0 -> 90.0, inverted False -> True" in md
