@@ -57,10 +57,11 @@ MIN_TEXTURE = 0.5 / 255
 MIN_DETAIL = 0.05
 WEAK_NEGATIVE, NEGATIVE_GAPS = 0.04, 5  # _negative_by_outline
 # A negative of a hand filling the frame shows the air between the fingers bright: the U-Net can outline those gaps
-# as a "hand" that passes QC, with bright bone edges at their core (val stress, inverted: 14 of 30 missed negatives,
-# clear contrast +0.02 to +0.27; 2758, 204 months, estimated 90). Such an outline has a bright film around it
-# (conditions.bright_surround), as a positive never has unless on a plate or in a collimated field; there the
-# inverse is segmented too (_negative_by_inverse).
+# as a "hand" that passes QC, with bright bone edges at their core (found in session 14's val rows: 14 of 30 missed
+# negatives had a clear first outline). Such an outline has a bright film around it (conditions.bright_surround), as
+# a positive has only on a plate or in a collimated field; there the inverse is segmented too (_negative_by_inverse).
+# Train, all 935 inverted: missed negatives 94 -> 86, bright plates and collimated fields unchanged; tune 15 -> 14
+# wrong decisions, nothing else moved (train/RESULTS.md, session 15).
 RECHECK_BRIGHT_FILM = True
 DETAIL_SIDE, DETAIL_SIGMAS = 320, (2.0, 6.0)  # px; a band-pass from bone edges up to a finger's width
 IQR_WEIGHT = 0.05 / 0.12  # the central half is narrower than the 1-99 % range: the same bar, rescaled
@@ -230,8 +231,9 @@ def _negative_by_inverse(stored: MaskQuality, inverse: Hand) -> bool:
 
 def find_hand(pixels: np.ndarray, segment: Callable[[np.ndarray], np.ndarray], polarity_known: bool = False,
               outline: Hand | None = None, film: bool = True) -> Hand:
-    """Mask and polarity of the hand. One U-Net pass when the first mask shows bone clearly bright
-    (almost every radiograph); else the inverse image too, and the contrast inside the better mask decides.
+    """Mask and polarity of the hand. One U-Net pass when the first mask shows bone clearly bright and the film
+    around it is not bright (almost every radiograph); else the inverse image too, and the contrast inside the better
+    mask decides (for a clear outline on a bright film, only a better inverse outline with bone clearly dark inverts).
     `outline`: what `find_hand(pixels, segment, True)` returned for these very pixels (its pass is reused).
     `film`: segment the sub-film again when no outline is hand-like (`_on_film`)."""
     if outline is None:
