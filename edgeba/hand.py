@@ -58,8 +58,9 @@ MIN_DETAIL = 0.05
 WEAK_NEGATIVE, NEGATIVE_GAPS = 0.04, 5  # _negative_by_outline
 # A negative of a hand filling the frame shows the air between the fingers bright: the U-Net can outline those gaps
 # as a "hand" that passes QC, with bright bone edges at their core (found in session 14's val rows: 8 of 30 missed
-# negatives were scored on an outline with contrast over CLEAR). Such an outline has a bright film around it (conditions.bright_surround), as
-# a positive has only on a plate or in a collimated field; there the inverse is segmented too (_negative_by_inverse).
+# negatives were scored on an outline with contrast over CLEAR). Such an outline has a bright film around it
+# (conditions.bright_surround), as a positive has only on a plate or in a collimated field; there the inverse is
+# segmented too (_negative_by_inverse).
 # Train, all 935 inverted: missed negatives 94 -> 86, bright plates and collimated fields unchanged; tune 15 -> 14
 # wrong decisions, nothing else moved (train/RESULTS.md, session 15).
 RECHECK_BRIGHT_FILM = True
