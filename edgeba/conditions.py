@@ -110,9 +110,6 @@ def denoise(pixels: np.ndarray, noise: float) -> np.ndarray:
 # (train, 193 flagged variants: over a cover of 0.5 painting lost 9-82 months on 8 of 25; the limit 0.3 is the largest
 # whose worst loss stays under 20 months).
 PLATE_DELTA, PLATE_MIN_AREA, PLATE_GROW, PLATE_MAX_COVER = 0.05, 0.02, 0.003, 0.3
-# The paint: this fraction of the rest's 1st-percentile grey. At 1.0 (until session 15) a dark hand's soft tissue is as
-# dark as its new surround and the painted copy shows little of it (tune 2361; train/RESULTS.md, session 15).
-PLATE_LEVEL = 0.5
 BORDER = 0.03  # the border ring: this fraction of the shorter side
 
 
@@ -138,7 +135,7 @@ def darken_plate(pixels: np.ndarray, hand: np.ndarray) -> np.ndarray:
     inside = hand > 0
     if not inside.any() or float(plate[inside].mean()) > PLATE_MAX_COVER:
         return pixels  # past this, the rest (what is painted with) is never empty: it holds most of the hand
-    return np.where(plate > 0, np.float32(PLATE_LEVEL * np.percentile(pixels[plate == 0], 1)), pixels).astype(np.float32)
+    return np.where(plate > 0, np.float32(np.percentile(pixels[plate == 0], 1)), pixels).astype(np.float32)
 
 
 @dataclass(frozen=True)
