@@ -343,7 +343,7 @@ def summarize(rows: list[dict]) -> dict:
             err = np.abs(np.array(pred) - np.array(true))
             t |= {"mae": round(m["mae"], 2), "bias": round(m["mean_error"], 2), "over_24": int((err > BIG_ERROR).sum()),
                   "over_24_frac": round(float((err > BIG_ERROR).mean()), 4),
-                  "wrong_inversion": sum(r["inverted"] != r["expected_inversion"] for r in ok),
+                  "wrong_inversion": sum(map(_wrong_inversion, ok)),
                   # By true age too (dataset.age_bin): a change can help the mean and cost one age group (a smaller
                   # copy for the noise smoothing read children under five older; train/RESULTS.md, session 14).
                   "mae_by_age_band": age_band_mae(true, pred)}
@@ -394,7 +394,8 @@ def compare(base: list[dict], new: list[dict], resamples: int = 2000, seed: int 
                 "wrong_inversion": sum(map(_wrong_inversion, rows))}
 
     def paired(ks: list[tuple[str, str]]) -> dict:
-        d = np.array([_abs_error(b[k]) - _abs_error(a[k]) for k in ks if _abs_error(a[k]) is not None and _abs_error(b[k]) is not None])
+        errs = [(_abs_error(a[k]), _abs_error(b[k])) for k in ks]
+        d = np.array([eb - ea for ea, eb in errs if ea is not None and eb is not None])
         out = {"n_paired": len(d), "base": counts([a[k] for k in ks]), "new": counts([b[k] for k in ks])}
         if len(d):
             boots = d[rng.integers(0, len(d), (resamples, len(d)))].mean(axis=1)
@@ -405,12 +406,9 @@ def compare(base: list[dict], new: list[dict], resamples: int = 2000, seed: int 
     table = {t: paired([k for k in keys if k[1] == t]) for t in names}
     pooled = paired([k for k in keys if k[1] != "clean"])
     both = [k for k in keys if a[k]["status"] == "ok" and b[k]["status"] == "ok"]
-    bands = {}
-    for i, band in enumerate(dataset.AGE_BAND_NAMES):
-        ks = [k for k in both if dataset.age_bin(a[k]["true"]) == i]
-        if ks:
-            bands[band] = {"n": len(ks), "base": round(float(np.mean([_abs_error(a[k]) for k in ks])), 2),
-                           "new": round(float(np.mean([_abs_error(b[k]) for k in ks])), 2)}
+    true = [a[k]["true"] for k in both]
+    by_a, by_b = (age_band_mae(true, [run[k]["predicted"] for k in both]) for run in (a, b))
+    bands = {band: {"n": v["n"], "base": round(v["mae"], 2), "new": round(by_b[band]["mae"], 2)} for band, v in by_a.items()}
     changed = []
     for k in keys:
         x, y = a[k], b[k]
