@@ -108,6 +108,7 @@ class Predictor:
         self.formats = {"regress": self.regressor.format} | ({"segment": self.unet.format} if self.unet else {})
         self.load_ms = _ms(t0)
         self._unet_passes = 0
+        self._resampled: list = []  # images of the radiograph being predicted, resampled for the U-Net (unet_input)
 
     def _sex(self, rad: Radiograph, sex: str | None, name: str) -> tuple[str | None, str, list[str]]:
         if sex is not None and sex not in SEXES:
@@ -127,7 +128,7 @@ class Predictor:
     def _segment(self, pixels: np.ndarray) -> np.ndarray:
         """One U-Net pass: the hand mask of `pixels` (the working copy, or a turned or cropped part of it)."""
         self._unet_passes += 1
-        x, box = unet_input(pixels, self.cfg.unet_size)
+        x, box = unet_input(pixels, self.cfg.unet_size, self._resampled)
         return mask_from_prob(self.unet.run({"image": x[None, :, :, None]}), box, pixels.shape)
 
     def _find_hand(self, stored: np.ndarray, polarity_known: bool):
@@ -177,7 +178,7 @@ class Predictor:
             warnings.append(f"cut to {what} (rows {y0}-{y1}, columns {x0}-{x1} of the image)")
 
         mask, quality, inverted, flags = None, None, False, []
-        self._unet_passes = 0
+        self._unet_passes, self._resampled = 0, []
         if self.unet is not None:
             t0 = time.perf_counter()
             hand, turns = self._find_hand(rad.pixels, rad.polarity_known)

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import cv2
@@ -83,6 +84,18 @@ def open_ellipse(x: np.ndarray, k: int) -> np.ndarray:
         y = cv2.erode(x, cv2.getStructuringElement(cv2.MORPH_RECT, (2 * w + 1, 2 * h + 1)), borderType=cv2.BORDER_CONSTANT, borderValue=0)
         out = y if out is None else np.minimum(out, y, out=out)
     return dilate_ellipse(out, k)
+
+
+def in_box(fn: Callable[[np.ndarray], np.ndarray], mask: np.ndarray) -> np.ndarray:
+    """fn(mask), computed on the mask's bounding box alone, zero elsewhere. Bit for bit the same for an fn that keeps
+    nothing outside that box and takes outside the image as background: labelling, hole filling, an opening (with
+    BORDER_CONSTANT 0) cut by the mask (tests/test_speed.py). A hand covers half the film: the rest is left alone."""
+    x, y, w, h = cv2.boundingRect(mask)
+    if w == 0 or (w, h) == mask.shape[::-1]:
+        return fn(mask)
+    out = np.zeros_like(mask)
+    out[y : y + h, x : x + w] = fn(np.ascontiguousarray(mask[y : y + h, x : x + w]))
+    return out
 
 
 def upsample_mask(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
@@ -209,14 +222,36 @@ def bootstrap_mask(pixels: np.ndarray) -> np.ndarray:
     return fill_holes(largest_component(grown))
 
 
-def unet_input(pixels: np.ndarray, size: int) -> tuple[np.ndarray, Letterbox]:
-    """Contrast-stretched image, aspect kept, centred on a black (size, size) square."""
+def _turn_of(pixels: np.ndarray, seen: list[tuple[np.ndarray, np.ndarray]]) -> np.ndarray | None:
+    """The resampled content of `pixels` when they are a quarter turn of an image in `seen` ((pixels, content)
+    pairs), turned the same way; else None. Checked pixel for pixel (a painted or inverted copy is no turn)."""
+    for base, small in seen:
+        for k in (1, 2, 3):
+            if (base.shape if k == 2 else base.shape[::-1]) != pixels.shape:
+                continue
+            turned = np.rot90(base, k)
+            if np.array_equal(turned[0], pixels[0]) and np.array_equal(turned, pixels):  # the first row rules most out
+                return np.ascontiguousarray(np.rot90(small, k))
+    return None
+
+
+def unet_input(pixels: np.ndarray, size: int, seen: list[tuple[np.ndarray, np.ndarray]] | None = None) -> tuple[np.ndarray, Letterbox]:
+    """Contrast-stretched image, aspect kept, centred on a black (size, size) square.
+
+    `seen`: the caller's list of images already resampled for this radiograph (emptied per radiograph; appended to
+    here). A quarter turn of one of them (orient.py segments the stored image turned once to three times) is its
+    content turned, not resampled again: resampling was a third of a U-Net pass's time. The two differ only by
+    float32 rounding, in the last bit of a pixel or none (in 8 of 1,608 turned copies of RSNA films, one pixel or two)."""
     h, w = pixels.shape
     s = size / max(h, w)
     nh, nw = max(1, round(h * s)), max(1, round(w * s))
-    # Resampled in float64 (then float32): OpenCV's float32 paths round differently on x86 and ARM, and the
-    # U-Net's decisions (a turn, a zoom) can hinge on a pixel (benchmarks/README.md, "Same months on aarch64?").
-    small = cv2.resize(_stretch(pixels.astype(np.float32, copy=False), np.float64), (nw, nh), interpolation=cv2.INTER_AREA).astype(np.float32)
+    small = None if seen is None else _turn_of(pixels, seen)
+    if small is None:
+        # Resampled in float64 (then float32): OpenCV's float32 paths round differently on x86 and ARM, and the
+        # U-Net's decisions (a turn, a zoom) can hinge on a pixel (benchmarks/README.md, "Same months on aarch64?").
+        small = cv2.resize(_stretch(pixels.astype(np.float32, copy=False), np.float64), (nw, nh), interpolation=cv2.INTER_AREA).astype(np.float32)
+        if seen is not None:
+            seen.append((pixels, small))
     top, left = (size - nh) // 2, (size - nw) // 2
     x = np.zeros((size, size), np.float32)
     x[top : top + nh, left : left + nw] = small
@@ -238,13 +273,17 @@ def mask_from_prob(prob: np.ndarray, letterbox: Letterbox, shape: tuple[int, int
     # are the bright line along a collimation edge. Opening removes them, growing the survivor back
     # inside the thresholded mask restores the true outline.
     r = max(1, round(THIN_PX / 2 * s / lb.scale))
-    # Outside the image counts as background, else a strip along the film edge survives the opening.
-    core = largest_component(open_ellipse(raw, r))
-    work = fill_holes(largest_component(dilate_ellipse(core, r) & raw))
+
+    def clean(raw: np.ndarray) -> np.ndarray:
+        # Outside the image counts as background, else a strip along the film edge survives the opening.
+        core = largest_component(open_ellipse(raw, r))
+        return fill_holes(largest_component(dilate_ellipse(core, r) & raw))
+
+    work = in_box(clean, raw)
     if (wh, ww) == (h, w):
         return work
     # Back at full resolution the outline is the thresholded map's own (as smooth as before the
     # clean-up moved to the work side): what the work mask kept, cut by the full-resolution threshold.
     full = (cv2.resize(p, (w, h), interpolation=cv2.INTER_LINEAR) >= threshold).view(np.uint8)
     keep = upsample_mask(cv2.dilate(work, np.ones((3, 3), np.uint8)), (h, w))
-    return fill_holes(largest_component(keep & full))
+    return in_box(lambda m: fill_holes(largest_component(m)), keep & full)

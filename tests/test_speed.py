@@ -133,3 +133,92 @@ def test_ellipse_opening_by_rectangles_is_cv2_morphology_ex():
         for m in masks:
             want = cv2.morphologyEx(m, cv2.MORPH_OPEN, ellipse, borderType=cv2.BORDER_CONSTANT, borderValue=0)
             assert np.array_equal(open_ellipse(m, k), want), (k, m.shape)
+
+
+def _masks_for_boxes():
+    rng = np.random.default_rng(7)
+    hand = (rsna_image("1378") > 0.35).astype(np.uint8)[::2, ::2]
+    twins = np.zeros((101, 87), np.uint8)  # two components of equal area: largest_component's tie
+    twins[13:24, 31:40] = 1
+    twins[61:72, 5:14] = 1
+    corner = np.zeros((60, 50), np.uint8)
+    corner[40:, 35:] = 1  # touches two image borders
+    yield np.ascontiguousarray(hand)
+    yield twins
+    yield corner
+    yield np.zeros((30, 40), np.uint8)
+    yield np.ones((25, 35), np.uint8)
+    for trial in range(8):
+        blob = cv2.GaussianBlur(rng.random((140, 110), dtype=np.float32), (0, 0), 3) > 0.52 + 0.01 * trial
+        sub = np.zeros_like(blob, np.uint8)
+        sub[17 + trial :, 9 + 2 * trial : 100] = blob[17 + trial :, 9 + 2 * trial : 100]  # off the image's edges
+        yield sub
+
+
+def test_work_near_the_mask_only_is_the_whole_image_computation():
+    # segment.mask_from_prob cleans its masks inside their bounding boxes (segment.in_box).
+    from edgeba.segment import dilate_ellipse, fill_holes, in_box, open_ellipse
+
+    for r in (1, 3, 6):
+        def clean(m, r=r):
+            return fill_holes(largest_component(dilate_ellipse(largest_component(open_ellipse(m, r)), r) & m))
+
+        for m in _masks_for_boxes():
+            assert np.array_equal(in_box(clean, m), clean(m)), (r, m.shape)
+            assert np.array_equal(in_box(lambda x: fill_holes(largest_component(x)), m), fill_holes(largest_component(m)))
+
+
+def _hand_contrast_on_the_whole_image(pixels, mask):
+    """polarity.hand_contrast as first written: stretch, distances and local thickness over the whole image."""
+    from edgeba import polarity as pol
+    from edgeba.segment import dilate_ellipse
+
+    h, w = pixels.shape
+    s = min(1.0, pol.WORK_SIDE / max(h, w))
+    size = (max(1, round(w * s)), max(1, round(h * s)))
+    small = cv2.resize(pixels.astype(np.float32, copy=False), size, interpolation=cv2.INTER_AREA)
+    lo, hi = np.percentile(small, (1, 99))
+    img = np.clip((small - lo) / max(hi - lo, 1e-6), 0, 1)
+    m = cv2.resize(mask.astype(np.uint8), size, interpolation=cv2.INTER_NEAREST)
+    d = cv2.distanceTransform(m, cv2.DIST_L2, 5)
+    local = dilate_ellipse(d, max(2, round(pol.WINDOW * max(size))))
+    r = np.where(local >= 2.0, d / np.maximum(local, 1e-6), 0.0)
+    centre, flank = r >= pol.CENTRE, (r > pol.FLANK[0]) & (r <= pol.FLANK[1])
+    if centre.sum() < 20 or flank.sum() < 20:
+        return float("nan")
+    return float(np.median(img[centre]) - np.median(img[flank]))
+
+
+def test_hand_contrast_measured_in_the_masks_box_is_the_whole_image_measure():
+    from edgeba.polarity import hand_contrast
+
+    img = rsna_image("1378")
+    h, w = img.shape
+    hand = (cv2.GaussianBlur(img, (0, 0), 4) > 0.3).astype(np.uint8)
+    small = np.zeros_like(hand)
+    small[h // 3 :, w // 5 : w // 5 + w // 2] = hand[h // 3 :, w // 5 : w // 5 + w // 2]
+    for pixels in (img, 1.0 - img, np.ascontiguousarray(img[::-1, :])):
+        for mask in (hand, small, np.ones_like(hand), np.zeros_like(hand), (pixels > 0.5).astype(np.uint8)):
+            want, got = _hand_contrast_on_the_whole_image(pixels, mask), hand_contrast(pixels, mask)
+            assert got == want or (np.isnan(got) and np.isnan(want))  # bit for bit
+
+
+def test_a_quarter_turn_is_letterboxed_from_the_stored_content():
+    # orient.py segments the stored image turned: the Predictor keeps each image's resampled content (unet_input's
+    # `seen`) and turns it instead of resampling the turned copy again.
+    from edgeba.segment import unet_input
+
+    img = np.ascontiguousarray(rsna_image("1378")[:, :-3])  # an odd width: the letterbox pads unevenly
+    seen: list = []
+    unet_input(img, 128, seen)
+    assert len(seen) == 1
+    for k in (1, 2, 3):
+        turned = np.ascontiguousarray(np.rot90(img, k))
+        x, box = unet_input(turned, 128, seen)
+        fresh, fresh_box = unet_input(turned, 128)
+        assert box == fresh_box and len(seen) == 1
+        np.testing.assert_array_max_ulp(x, fresh, maxulp=1)  # the same picture, but for float32 rounding
+    painted = img.copy()
+    painted[:40] = 0.0  # the same shape, not a turn: resampled on its own
+    x, _ = unet_input(np.ascontiguousarray(np.rot90(painted, 2)), 128, seen)
+    assert len(seen) == 2 and np.array_equal(x, unet_input(np.ascontiguousarray(np.rot90(painted, 2)), 128)[0])
