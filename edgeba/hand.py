@@ -36,6 +36,7 @@ ZOOM_MARGIN = 0.25  # context kept around the first mask's box, fraction of its 
 FILM_SIDE = 256  # px; the film's edge and the hand need no more
 FILM_DEVIATION = 0.1  # departure from the border's level, fraction of the 1-99 % grey range
 FILM_MAX_AREA = 0.8  # a box over this share of the image is no sub-film: nothing to zoom into
+PLATE_GRADIENT = True  # film_box: a second look, from a plane fitted to the border, when the first box is the whole image
 # Weakest evidence that still counts as a hand (after zooming): a hand-sized region whose outline is
 # not convex (fingers, even closed ones, leave concavities; a plate, a body or noise do not).
 MIN_HAND_AREA = 0.03
@@ -147,25 +148,53 @@ def _score(q: MaskQuality) -> tuple:
     return (q.ok, hand_present(q), hand_shape(q), min(m.get("finger_gaps", 0), 5), -len(q.reasons))
 
 
+def _plate_plane(small: np.ndarray, ring: np.ndarray) -> np.ndarray:
+    """The plate's level with its exposure gradient: a plane fitted to the pixels under `ring` (least squares, then again
+    on those within 3 robust sigma of the first fit, so a film touching the border does not tilt it)."""
+    ys, xs = np.nonzero(ring)
+    a = np.stack([np.ones(len(xs)), xs, ys], axis=1).astype(np.float64)
+    v = small[ys, xs]
+    coef = np.linalg.lstsq(a, v, rcond=None)[0]
+    r = v - a @ coef
+    sigma = 1.4826 * float(np.median(np.abs(r - np.median(r))))
+    if sigma > 0 and (keep := np.abs(r) <= 3 * sigma).sum() >= 3:
+        coef = np.linalg.lstsq(a[keep], v[keep], rcond=None)[0]
+    gy, gx = np.mgrid[0 : small.shape[0], 0 : small.shape[1]]
+    return coef[0] + coef[1] * gx + coef[2] * gy
+
+
 def film_box(pixels: np.ndarray) -> tuple[int, int, int, int] | None:
     """(y0, y1, x0, x1) of what differs from the plate: the pixels whose level, blurred past film grain,
     departs from the image border's by over FILM_DEVIATION of the grey range; None when nothing does or
     the box is not clearly smaller than the image (over FILM_MAX_AREA of it). On a small radiograph on a
-    larger plate that is the film (or the hand on it), in a collimated field the field."""
+    larger plate that is the film (or the hand on it), in a collimated field the field. When the box is the
+    whole image, the plate's exposure gradient may be why (it departs from the border's median level by more than
+    a low-contrast film's range allows): the departure is measured again from a plane fitted to the border."""
     h, w = pixels.shape
     s = FILM_SIDE / max(h, w)
     small = cv2.resize(pixels.astype(np.float64), (max(1, round(w * s)), max(1, round(h * s))), interpolation=cv2.INTER_AREA)
     small = cv2.GaussianBlur(small, (0, 0), 1.5)
     b = max(2, int(0.03 * min(small.shape)))
-    ring = np.concatenate([small[:b].ravel(), small[-b:].ravel(), small[:, :b].ravel(), small[:, -b:].ravel()])
+    ring = np.ones(small.shape, bool)
+    ring[b:-b, b:-b] = False
     p1, p99 = np.percentile(small, (1, 99))
-    away = (np.abs(small - np.median(ring)) > FILM_DEVIATION * max(p99 - p1, 1e-6)).astype(np.uint8)
-    ys, xs = np.nonzero(cv2.morphologyEx(away, cv2.MORPH_OPEN, np.ones((3, 3), np.uint8)))  # specks and strokes out
-    if not len(ys):
-        return None
-    y0, y1 = max(0, math.floor(ys.min() / s)), min(h, math.ceil((ys.max() + 1) / s))
-    x0, x1 = max(0, math.floor(xs.min() / s)), min(w, math.ceil((xs.max() + 1) / s))
-    return (y0, y1, x0, x1) if (y1 - y0) * (x1 - x0) <= FILM_MAX_AREA * h * w else None
+    bar = FILM_DEVIATION * max(p99 - p1, 1e-6)
+
+    def departing(level) -> tuple[int, int, int, int] | None:
+        away = (np.abs(small - level) > bar).astype(np.uint8)
+        ys, xs = np.nonzero(cv2.morphologyEx(away, cv2.MORPH_OPEN, np.ones((3, 3), np.uint8)))  # specks and strokes out
+        if not len(ys):
+            return None
+        return (max(0, math.floor(ys.min() / s)), min(h, math.ceil((ys.max() + 1) / s)),
+                max(0, math.floor(xs.min() / s)), min(w, math.ceil((xs.max() + 1) / s)))
+
+    def small_enough(box) -> bool:
+        return box is not None and (box[1] - box[0]) * (box[3] - box[2]) <= FILM_MAX_AREA * h * w
+
+    box = departing(np.median(np.concatenate([small[:b].ravel(), small[-b:].ravel(), small[:, :b].ravel(), small[:, -b:].ravel()])))
+    if box is not None and not small_enough(box) and PLATE_GRADIENT:
+        box = departing(_plate_plane(small, ring))
+    return box if small_enough(box) else None
 
 
 def _segment_crop(pixels: np.ndarray, segment: Callable[[np.ndarray], np.ndarray], box: tuple[int, int, int, int],
