@@ -68,6 +68,32 @@ def test_a_small_film_on_a_plate_is_cut_out_with_a_margin(film):
         assert abs(float(np.median(edge)) - stress._border_level(plate)) < 0.05
 
 
+def test_a_faint_film_on_a_plate_with_an_exposure_gradient_is_cut_out(film, monkeypatch):
+    # Train 3508, 1395, 4319 under the suite's small_on_plate were refused: the plate's gradient departs from its
+    # border's median by more than a low-contrast film's range allows, so the whole image "differed from the plate".
+    from edgeba import hand
+
+    faint = 0.2 + 0.08 * film  # a film with 8 % of the grey scale in it
+    h, w = faint.shape
+    small = cv2.resize(faint, (int(0.4 * w), int(0.4 * h)), interpolation=cv2.INTER_AREA)
+    gy, gx = np.mgrid[0:h, 0:w].astype(np.float32)
+    level = stress._border_level(faint)
+    plate = level + 0.04 * gx / w - 0.03 * gy / h + np.random.default_rng(3).normal(0, 0.01, (h, w)).astype(np.float32)
+    y, x = h - small.shape[0] - 20, 30  # near the bottom left corner
+    plate[y : y + small.shape[0], x : x + small.shape[1]] = small
+    plate = np.clip(plate, 0, 1).astype(np.float32)
+    monkeypatch.setattr(hand, "PLATE_GRADIENT", False)
+    assert fm.find_cut(plate) is None  # what the border's median level alone finds: the whole image
+    monkeypatch.setattr(hand, "PLATE_GRADIENT", True)
+    cut = fm.find_cut(plate)
+    assert cut is not None and cut.kind == "small_film"
+    y0, y1, x0, x1 = cut.box
+    assert (y1 - y0) * (x1 - x0) < 0.5 * plate.size
+    by0, by1, bx0, bx1 = hand.film_box(plate)
+    tol = 0.02 * max(h, w)  # film_box looks at 256 px, blurred
+    assert y - tol <= by0 and by1 <= y + small.shape[0] + tol and x - tol <= bx0 and bx1 <= x + small.shape[1] + tol  # the film
+
+
 def test_scaled_box_shrinks_inwards_to_whole_pixels():
     assert fm.scaled_box((10, 20, 5, 15), (100, 50), (200, 100)) == (20, 40, 10, 30)
     assert fm.scaled_box((1, 3, 1, 3), (3, 3), (4, 4)) == (2, 4, 2, 4)  # 1.33 -> 2, 4.0 -> 4
