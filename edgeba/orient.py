@@ -15,6 +15,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from edgeba import conditions
 from edgeba.crop import upright_angle
 from edgeba.hand import Hand, find_hand
 from edgeba.quality import hand_present
@@ -34,6 +35,11 @@ MIN_TURN_CONTRAST = 0.03
 # plate turned 90-270 degrees, 3 of 180 kept sideways without this condition). Chosen on 100 train films x 10
 # rotations (0.3 / 0.5: errors over 24 months 42 / 41 of 2,000, off 48) and judged on tune (train/RESULTS.md, session 14).
 MIN_TURN_AREA = 0.5
+# On a bright plate a hand's soft tissue is darker than the plate, and the U-Net (trained on dark films) outlines the
+# silhouette better in the inverse grey scale, as find_hand already uses for the stored image. When the stored image's
+# hand was not inverted and its film is bright (conditions.bright_film), each turned copy is segmented in both grey
+# scales and the better-ranked outline stands (train/RESULTS.md, session 16).
+INVERSE_TURNS = True
 
 
 def upright(hand: Hand) -> bool:
@@ -65,9 +71,14 @@ def _settled(hand: Hand, rank: tuple, upside_down: tuple) -> bool:
     return q.ok and rank[0] and q.metrics.get("finger_gaps", 0) >= 5 and rank >= upside_down
 
 
-def _turnable(hand: Hand, is_upright: bool, stored: Hand) -> bool:
+def _turnable(hand: Hand, is_upright: bool, stored: Hand, inverse: bool = False) -> bool:
+    """`inverse`: the outline is the inverse grey scale's (INVERSE_TURNS). Inside a silhouette on a bright plate the
+    bone contrast of the stored grey scale is weak (0.013-0.027 on tune films turned back right), so there a whole
+    hand's outline (QC passed, five finger gaps, as `_settled` asks) is evidence enough."""
     if stored.quality.ok and hand.mask.mean() < MIN_TURN_AREA * stored.mask.mean():
         return False
+    if is_upright and inverse and hand.quality.ok and hand.quality.metrics.get("finger_gaps", 0) >= 5:
+        return True
     return is_upright and hand.contrast > MIN_TURN_CONTRAST  # NaN (no bone found): never
 
 
@@ -84,25 +95,41 @@ def find_upright_hand(pixels: np.ndarray, segment: Callable[[np.ndarray], np.nda
     (np.rot90; 0 = as stored). The returned Hand's pixels and mask are in the turned frame.
 
     The other turns are segmented in the grey scale the stored image's pass settled on (one U-Net
-    pass each, no inverse pass); a turned winner's polarity is then decided from its own, upright
+    pass each; a bright film's in both, INVERSE_TURNS); a turned winner's polarity is then decided from its own, upright
     outline (segmented once more from the stored pixels when the stored image's pass inverted them)."""
     first = find_hand(pixels, segment, polarity_known)
     # The other turns get no sub-film pass (hand.film_box): on a collimated field a copy turned upside
     # down, re-segmented on the field alone, can pass QC with part of the hand and out-rank the stored
     # image's leaky but hand-like outline (train stress, collimation: 3 of the first 22 upright hands
     # were turned 180 degrees).
-    hands = {0: first, 2: find_hand(turn(first.pixels, 2), segment, True, film=False)}
-    ranks = {k: _rank(h) for k, h in hands.items()}  # each outline judged once (upright_angle is not free)
+    both = INVERSE_TURNS and not polarity_known and not first.inverted and bool(first.mask.any()) and conditions.bright_film(first.surround)
+
+    from_inverse: set[int] = set()
+
+    def turned(k: int) -> tuple[Hand, tuple]:
+        """The hand of the stored image turned k quarter turns, and its rank (each outline judged once: upright_angle is
+        not free); for a bright film the inverse's outline when it ranks higher."""
+        hand = find_hand(turn(first.pixels, k), segment, True, film=False)
+        rank = _rank(hand)
+        if both:
+            inv = find_hand(turn(1.0 - first.pixels, k), segment, True, film=False)
+            outline = Hand(hand.pixels, inv.mask, inv.quality, inverted=False, zoomed=inv.zoomed)
+            if (r := _rank(outline)) > rank:
+                from_inverse.add(k)
+                return outline, r
+        return hand, rank
+
+    hands, ranks = {0: first}, {0: _rank(first)}
+    hands[2], ranks[2] = turned(2)
     if _settled(first, ranks[0], ranks[2]):
         return first, 0
     turns = 0
     for k in (1, 2, 3):
         if k not in hands:
-            hands[k] = find_hand(turn(first.pixels, k), segment, True, film=False)
-            ranks[k] = _rank(hands[k])
+            hands[k], ranks[k] = turned(k)
         # Only to an upright outline, and only when strictly better (ties keep the image as stored): a
         # non-hand segmented four ways must not get four chances to pass as one (tests/test_hand.py).
-        if _turnable(hands[k], ranks[k][0], first) and ranks[k] > ranks[turns]:
+        if _turnable(hands[k], ranks[k][0], first, k in from_inverse) and ranks[k] > ranks[turns]:
             turns = k
     if turns == 0:
         return first, 0
@@ -110,7 +137,7 @@ def find_upright_hand(pixels: np.ndarray, segment: Callable[[np.ndarray], np.nda
         hand = find_hand(turn(pixels, turns), segment, polarity_known, film=False)
     else:  # the candidate's pixels are the stored ones turned: its pass stands, only the polarity is left
         hand = find_hand(hands[turns].pixels, segment, polarity_known, outline=hands[turns], film=False)
-    if _turnable(hand, ranks[turns][0] if hand is hands[turns] else upright(hand), first):
+    if _turnable(hand, ranks[turns][0] if hand is hands[turns] else upright(hand), first, hand is hands[turns] and turns in from_inverse):
         return hand, turns
     # The polarity pass outlined something else (it segments the inverse when QC fails or the contrast is
     # unclear): the turned outline that won the search stands, in the grey scale the stored image settled on.
