@@ -37,8 +37,10 @@ MIN_TURN_CONTRAST = 0.03
 MIN_TURN_AREA = 0.5
 # On a bright plate a hand's soft tissue is darker than the plate, and the U-Net (trained on dark films) outlines the
 # silhouette better in the inverse grey scale, as find_hand already uses for the stored image. When the stored image's
-# hand was not inverted and its film is bright (conditions.bright_film), each turned copy is segmented in both grey
-# scales and the better-ranked outline stands (train/RESULTS.md, session 16).
+# hand was not inverted, its film is bright (conditions.bright_film) and its outline does not both pass QC and point up,
+# each turned copy is segmented in both grey scales and the better-ranked outline stands. (Searched for every bright
+# film, an upright hand's upside-down copy out-ranked it in the inverse: tune bright plate +2.0 months; train/RESULTS.md,
+# session 16.)
 INVERSE_TURNS = True
 
 
@@ -102,7 +104,8 @@ def find_upright_hand(pixels: np.ndarray, segment: Callable[[np.ndarray], np.nda
     # down, re-segmented on the field alone, can pass QC with part of the hand and out-rank the stored
     # image's leaky but hand-like outline (train stress, collimation: 3 of the first 22 upright hands
     # were turned 180 degrees).
-    both = INVERSE_TURNS and not polarity_known and not first.inverted and bool(first.mask.any()) and conditions.bright_film(first.surround)
+    both = (INVERSE_TURNS and not polarity_known and not first.inverted and bool(first.mask.any())
+            and not (first.quality.ok and upright(first)) and conditions.bright_film(first.surround))
 
     from_inverse: set[int] = set()
 

@@ -92,3 +92,22 @@ def test_a_failed_stored_outline_is_no_measure_for_the_turn_guard(predictor, tmp
     film = stress.TRANSFORMS["small_on_plate"][0](img, None, stress._rng(stress.SEED, case.id, "small_on_plate"))
     p = predictor.predict(_png(tmp_path / "upside_down.png", np.rot90(film, 2)), "male" if case.male else "female")
     assert p.mask_quality["metrics"]["turned_degrees"] == 180 and abs(p.bone_age_months - case.boneage_months) < 24
+
+
+def test_a_landscape_film_on_a_bright_plate_is_turned_from_the_inverse_outline(predictor, tmp_path, monkeypatch):
+    # Tune 3562 (162 months) under the suite's plate_rot90: the hand is a dark silhouette on a bright plate, which the
+    # U-Net outlines whole only in the inverse grey scale. Searched in the stored grey scale alone the film stayed
+    # sideways and was estimated 59 months.
+    from edgeba import orient, stress
+    from edgeba.dataset import split_cases
+
+    case = next(c for c in split_cases("tune") if c.id == "3562")
+    sex = "male" if case.male else "female"
+    clean = predictor.predict(case.image_path, sex)
+    path = stress.write_variant(stress.read_raw(case), clean.mask, case.id, "plate_rot90", stress.SEED, tmp_path)
+    turned = predictor.predict(path, sex)
+    assert turned.mask_quality["metrics"]["turned_degrees"] == 270 and not turned.inverted
+    assert abs(turned.bone_age_months - case.boneage_months) < 24
+    monkeypatch.setattr(orient, "INVERSE_TURNS", False)
+    sideways = predictor.predict(path, sex, force=True)
+    assert sideways.mask_quality["metrics"]["turned_degrees"] != 270
