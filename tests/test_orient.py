@@ -111,3 +111,18 @@ def test_a_landscape_film_on_a_bright_plate_is_turned_from_the_inverse_outline(p
     monkeypatch.setattr(orient, "INVERSE_TURNS", False)
     sideways = predictor.predict(path, sex, force=True)
     assert sideways.mask_quality["metrics"]["turned_degrees"] != 270
+
+
+def test_an_upright_hand_on_a_bright_plate_is_not_searched_in_the_inverse(predictor, tmp_path):
+    # Tune 10163 (186 months) under the suite's bright plate: its outline passes QC and points up. Searched in the
+    # inverse too (the first form of orient.INVERSE_TURNS), its upside-down copy's outline read as upright, out-ranked
+    # it, and the film was turned 180 degrees (estimated 105 months). Only a hand not already found upright is.
+    from edgeba import stress
+    from edgeba.dataset import split_cases
+
+    case = next(c for c in split_cases("tune") if c.id == "10163")
+    sex = "male" if case.male else "female"
+    clean = predictor.predict(case.image_path, sex)
+    path = stress.write_variant(stress.read_raw(case), clean.mask, case.id, "bright_plate", stress.SEED, tmp_path)
+    kept = predictor.predict(path, sex)
+    assert kept.mask_quality["metrics"]["turned_degrees"] == 0 and abs(kept.bone_age_months - case.boneage_months) < 24
