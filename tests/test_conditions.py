@@ -141,6 +141,7 @@ def test_a_turned_film_on_a_bright_plate_is_turned_back_once_the_plate_is_painte
     # Train 6702 on the suite's bright plate, turned 90 degrees: on the bright plate the U-Net outlines no upright hand
     # in any orientation, and the film was scored sideways (102 months off). With the plate painted, the quarter-turn
     # search finds it (Predictor._find_hand); the measures still see the bright plate, so it stays flagged.
+    from edgeba import orient
     from edgeba import predictor as P
     from edgeba.predictor import Predictor
 
@@ -155,5 +156,9 @@ def test_a_turned_film_on_a_bright_plate_is_turned_back_once_the_plate_is_painte
     assert found.mask_quality["metrics"]["turned_degrees"] == 270 and abs(found.bone_age_months - case.boneage_months) < 12
     assert found.mask_quality["metrics"]["bright_surround"] > 0.2 and any("bright" in w for w in found.warnings)
     monkeypatch.setattr(P, "REORIENT_ON_PLATE", False)
+    # Since session 16 the turn search also segments a bright film's turned copies in the inverse (orient.INVERSE_TURNS),
+    # which finds this one on its own; without either, the film stays sideways.
+    assert p.predict(path, sex).mask_quality["metrics"]["turned_degrees"] == 270
+    monkeypatch.setattr(orient, "INVERSE_TURNS", False)
     missed = p.predict(path, sex)
     assert missed.mask_quality["metrics"]["turned_degrees"] == 0 and abs(missed.bone_age_months - case.boneage_months) > 40
