@@ -146,18 +146,17 @@ class Condition:
     warning: str  # said when flagged; {value} is the metric
 
 
+_BRIGHT = "the film around the hand is bright ({value:.0%} of it brighter than the hand: a plate or collimator field?)"
 CONDITIONS = (
     Condition("bright_surround", BRIGHT_SURROUND, ("bright_plate", "collimation"),
-              "the film around the hand is bright ({value:.0%} of it brighter than the hand: a plate or collimator field?): "
-              "painted dark before estimating, but such images are estimated less reliably"),
+              _BRIGHT + ": painted dark before estimating, but such images are estimated less reliably"),
     Condition("noisy", NOISY, ("noise",),
               "the image is noisy (noise {value:.3f} of the grey range): smoothed before estimating, but such images are "
               "estimated less reliably"),
 )
 
 
-PLATE_KEPT = ("the film around the hand is bright ({value:.0%} of it brighter than the hand: a plate or collimator field?) "
-              "and too close to the hand's own grey to be painted over: such images are estimated less reliably")
+PLATE_KEPT = _BRIGHT + " and too close to the hand's own grey to be painted over: such images are estimated less reliably"
 
 
 def measure(surround: float, noise: float) -> dict[str, float]:

@@ -195,6 +195,7 @@ def film_box(pixels: np.ndarray) -> tuple[int, int, int, int] | None:
     def small_enough(box) -> bool:
         return box is not None and (box[1] - box[0]) * (box[3] - box[2]) <= FILM_MAX_AREA * h * w
 
+    # The border's level as first chosen: its four strips, the corners counted twice (the plane fits the ring once).
     box = departing(np.median(np.concatenate([small[:b].ravel(), small[-b:].ravel(), small[:, :b].ravel(), small[:, -b:].ravel()])))
     if box is not None and not small_enough(box) and PLATE_GRADIENT:
         box = departing(_plate_plane(small, ring))

@@ -100,29 +100,28 @@ def find_upright_hand(pixels: np.ndarray, segment: Callable[[np.ndarray], np.nda
     pass each; a bright film's in both, INVERSE_TURNS); a turned winner's polarity is then decided from its own, upright
     outline (segmented once more from the stored pixels when the stored image's pass inverted them)."""
     first = find_hand(pixels, segment, polarity_known)
-    # The other turns get no sub-film pass (hand.film_box): on a collimated field a copy turned upside
-    # down, re-segmented on the field alone, can pass QC with part of the hand and out-rank the stored
-    # image's leaky but hand-like outline (train stress, collimation: 3 of the first 22 upright hands
-    # were turned 180 degrees).
-    both = (INVERSE_TURNS and not polarity_known and not first.inverted and bool(first.mask.any())
-            and not (first.quality.ok and upright(first)) and conditions.bright_film(first.surround))
-
+    hands, ranks = {0: first}, {0: _rank(first)}  # each outline judged once (upright_angle is not free)
+    # ranks[0][0]: the stored outline points up.
+    inverse = (INVERSE_TURNS and not polarity_known and not first.inverted and bool(first.mask.any())
+               and not (first.quality.ok and ranks[0][0]) and conditions.bright_film(first.surround))
+    neg = 1.0 - first.pixels if inverse else None
     from_inverse: set[int] = set()
 
     def turned(k: int) -> tuple[Hand, tuple]:
-        """The hand of the stored image turned k quarter turns, and its rank (each outline judged once: upright_angle is
-        not free); for a bright film the inverse's outline when it ranks higher."""
+        """The hand of the stored image turned k quarter turns, and its rank; for a bright film the inverse's outline when
+        it ranks higher. The other turns get no sub-film pass (hand.film_box): on a collimated field a copy turned upside
+        down, re-segmented on the field alone, can pass QC with part of the hand and out-rank the stored image's leaky
+        but hand-like outline (train stress, collimation: 3 of the first 22 upright hands were turned 180 degrees)."""
         hand = find_hand(turn(first.pixels, k), segment, True, film=False)
         rank = _rank(hand)
-        if both:
-            inv = find_hand(turn(1.0 - first.pixels, k), segment, True, film=False)
+        if neg is not None:
+            inv = find_hand(turn(neg, k), segment, True, film=False)
             outline = Hand(hand.pixels, inv.mask, inv.quality, inverted=False, zoomed=inv.zoomed)
             if (r := _rank(outline)) > rank:
                 from_inverse.add(k)
                 return outline, r
         return hand, rank
 
-    hands, ranks = {0: first}, {0: _rank(first)}
     hands[2], ranks[2] = turned(2)
     if _settled(first, ranks[0], ranks[2]):
         return first, 0
