@@ -158,6 +158,22 @@ def percentiles(x: np.ndarray, q: tuple[float, ...]) -> list[float]:
     return _lerp(tails.__getitem__, n, q)
 
 
+def median_of_levels(counts: np.ndarray, values: np.ndarray) -> np.float32:
+    """np.median of float32 data given as how many elements (`counts`) hold each of a few `values`, the same value:
+    the middle element, or for an even count np.median's float32 mean of the two middle ones. A partition of the
+    data costs O(n); this costs O(len(values)) once the counts are known."""
+    order = np.argsort(values, kind="stable")
+    cum = np.cumsum(counts[order].astype(np.int64))
+    n = int(cum[-1])
+
+    def rank(k: int) -> np.float32:  # the k-th smallest element (0-based)
+        return values[order[int(np.searchsorted(cum, k, side="right"))]]
+
+    if n % 2:
+        return rank(n // 2)
+    return (rank(n // 2 - 1) + rank(n // 2)) / np.float32(2)
+
+
 def _levels(x: np.ndarray) -> np.ndarray | None:
     """uint8 level of every pixel when `x` holds only io.UNIT_8BIT's values (an 8-bit file as loaded), else None."""
     if x.dtype != np.float32:

@@ -222,3 +222,47 @@ def test_a_quarter_turn_is_letterboxed_from_the_stored_content():
     painted[:40] = 0.0  # the same shape, not a turn: resampled on its own
     x, _ = unet_input(np.ascontiguousarray(np.rot90(painted, 2)), 128, seen)
     assert len(seen) == 2 and np.array_equal(x, unet_input(np.ascontiguousarray(np.rot90(painted, 2)), 128)[0])
+
+
+def _texture_by_partition(pixels, mask):
+    """hand.texture as first written: two medians of the hand's pixels by partition."""
+    v = pixels[mask > 0]
+    if not v.size:
+        return 0.0
+    return float(np.median(np.abs(v - np.median(v))))
+
+
+def _noise_by_partition(pixels):
+    """conditions.noise_level as first written: the residuals' medians by partition."""
+    from edgeba.conditions import NOISE_BAND, NOISE_STRIDE
+
+    h = pixels.shape[0]
+    parts = []
+    for y in range(0, max(1, h - NOISE_BAND) + 1, NOISE_STRIDE):
+        rows = slice(y, min(h, y + NOISE_BAND))
+        u8 = np.clip(pixels[rows] * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        parts.append((pixels[rows].astype(np.float32) - cv2.medianBlur(u8, 3).astype(np.float32) / 255.0)[1:-1].ravel())
+    d = np.concatenate(parts)
+    return 1.4826 * float(np.median(np.abs(d - np.median(d)))) if d.size else 0.0
+
+
+def test_medians_from_8bit_counts_are_the_partition_medians():
+    # hand.texture and conditions.noise_level count an 8-bit file's levels instead of partitioning its pixels.
+    from edgeba.conditions import noise_level
+    from edgeba.hand import texture
+    from edgeba.io import UNIT_8BIT
+    from edgeba.segment import _levels, median_of_levels
+
+    rng = np.random.default_rng(8)
+    for n in (1, 2, 3, 10, 11, 1000, 1001):  # odd and even counts: np.median's float32 mean of the middle two
+        for spread in (1, 3, 256):
+            v = UNIT_8BIT[rng.integers(100, 100 + spread, n) % 256]
+            assert median_of_levels(np.bincount(np.round(v * 255).astype(int), minlength=256), UNIT_8BIT) == np.median(v)
+    img = rsna_image("1378")  # a JPEG: 256 levels, so the counting path
+    noisy = UNIT_8BIT[np.round(np.clip(img + rng.normal(0, 0.04, img.shape), 0, 1) * 255).astype(np.uint8)]
+    hand = (cv2.GaussianBlur(img, (0, 0), 4) > 0.3).astype(np.uint8)
+    assert _levels(img) is not None and _levels(noisy) is not None and _levels(1.0 - img) is None  # both paths run
+    for pixels in (img, noisy, 1.0 - img, img.astype(np.float64).astype(np.float32) + np.float32(1e-4), img[:2], img[:40, :1]):
+        for mask in (hand[: pixels.shape[0], : pixels.shape[1]], np.ones(pixels.shape, np.uint8), np.zeros(pixels.shape, np.uint8)):
+            assert texture(pixels, mask) == _texture_by_partition(pixels, mask)  # bit for bit
+        assert noise_level(pixels) == _noise_by_partition(pixels)
