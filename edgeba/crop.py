@@ -95,9 +95,12 @@ def upright_angle(mask: np.ndarray, work_side: int = 256) -> float:
     """Degrees (counter-clockwise, in (-180, 180]) that would turn this hand mask fingers-up, as
     canonical_crop turns it; 0 for an empty mask. Judged on a copy at most `work_side` px (cheap)."""
     s = min(1.0, work_side / max(mask.shape))
-    m = (mask > 0).astype(np.uint8)
-    if s < 1.0:
+    m = np.ascontiguousarray(mask.view(np.uint8) if mask.dtype == bool else mask)
+    if m.dtype != np.uint8:
+        m = (m > 0).astype(np.uint8)
+    if s < 1.0:  # nearest neighbours first: the same pixels picked, a sixteenth of them to compare with 0
         m = cv2.resize(m, (max(1, round(m.shape[1] * s)), max(1, round(m.shape[0] * s))), interpolation=cv2.INTER_NEAREST)
+    m = (m > 0).astype(np.uint8)
     mo = cv2.moments(m, binaryImage=True)
     if mo["m00"] == 0:
         return 0.0
