@@ -49,8 +49,9 @@ def input_configs(data: dict, **override) -> dict[str, PreprocessConfig]:
 # (segment.MASK_WORK_SIDE), the QC, polarity and condition checks look at 256-512 px, and a whole-image
 # regressor is fed from the file's own pixels (see work_image). Nothing else needs the full resolution, which
 # cost most of each image's time (issue 16); the overlay is drawn from this copy too, the noise smoothing at its own
-# side (conditions.DENOISE_SIDE). A 512 px copy (a mask made once, at the copy's size) takes 83 -> 51 ms per image but
-# failed its tune rule in session 14: it moves single films across the turn, inversion and refusal decisions.
+# side (conditions.DENOISE_SIDE). A 512 px copy (a mask made once, at the copy's size) takes about 40 % off each image
+# but failed its rule in sessions 14, 15 and 17: it moves single films across the turn, inversion and refusal decisions,
+# most of them on a bright plate (train300, session 17: errors over 24 months 209 -> 220; train/RESULTS.md).
 WORK_SIDE = 1024
 
 

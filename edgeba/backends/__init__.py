@@ -37,17 +37,18 @@ def _missing_stage(manifest: Manifest, backend: str) -> str | None:
     return next((s for s in stages if not any(f in manifest.formats(s) for f in FORMATS[backend])), None)
 
 
-# Measured by `edgeba bench` on x86-64 (benchmarks/results/x86_64-20261206T200006.md: a quiet 2-core AMD EPYC, the
-# shipped model, session 16's pipeline): the wall time of a whole `edgeba predict` process on one image (cold start,
+# Measured by `edgeba bench` on x86-64 (benchmarks/results/x86_64-20261206T225259.md: a quiet 2-core AMD EPYC, the
+# shipped model, session 17's pipeline): the wall time of a whole `edgeba predict` process on one image (cold start,
 # s; OpenVINO with its compiled-model cache filled) and the end-to-end time of each further image at 1 thread (ms,
 # what a batch worker gets). Auto minimises start + (images - 1) x per image: one radiograph goes to the quickest
-# starter, a long batch to the quickest per image (here TFLite for both; OpenVINO and TFLite per image are within
-# run-to-run noise of each other). Machines without numbers here (ARM: see benchmarks/) use ORDER.
+# starter (TFLite), a batch of a few hundred to the quickest per image (OpenVINO in this run, by 1.5 ms: TFLite and
+# OpenVINO per image are within run-to-run noise of each other, and session 16's run had TFLite ahead).
+# Machines without numbers here (ARM: see benchmarks/) use ORDER.
 # Refresh from a bench on a quiet machine: its "What --backend auto weighs" section prints this table.
 MEASURED = {
-    "x86_64": {"tflite": {"cold_start_s": 0.41, "image_ms": 87.4},
-               "openvino": {"cold_start_s": 0.7, "image_ms": 89.9},
-               "onnx": {"cold_start_s": 0.46, "image_ms": 118.3}},
+    "x86_64": {"tflite": {"cold_start_s": 0.38, "image_ms": 87.3},
+               "openvino": {"cold_start_s": 0.65, "image_ms": 85.8},
+               "onnx": {"cold_start_s": 0.52, "image_ms": 114.7}},
 }
 ORDER = ("tflite", "onnx", "openvino", "keras")  # TFLite/XNNPACK: the maintained, fastest runtime on ARM
 
