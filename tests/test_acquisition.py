@@ -34,6 +34,10 @@ def test_the_training_draws_are_wider_than_the_suites():
     assert min(levels) < 0.55 and max(levels) > 0.9  # the suite draws 0.6-0.9
     sigmas = [float(np.std(acquisition.DRAWS["noise"](img, mask, rng) - img)) for _ in range(60)]
     assert min(sigmas) < 0.02 and max(sigmas) > 0.05  # the suite adds 0.04
+    # Turns drawn from -35 to +35 degrees (the suite turns by 15, 30 and 45 exactly): the canvas that holds the turned
+    # film grows with the angle, from nothing at 0 to about 1.9x its area at 30 degrees.
+    growth = [float(np.prod(acquisition.DRAWS["rotation"](img, mask, rng).shape)) / img.size for _ in range(60)]
+    assert min(growth) < 1.15 and max(growth) > 1.8 and len({round(g, 2) for g in growth}) > 30
 
 
 def test_a_variant_is_what_the_pipeline_prepares_for_the_regressor(tmp_path):

@@ -1,7 +1,7 @@
 """Training views of the fitted radiographs as a clinic might acquire them (robustness, issue 15).
 
 The stress suite (edgeba/stress.py) found what the regressor never saw in training and handles worst: a bright
-plate or a collimated field around the hand, a small hand on a large plate, sensor noise. This module draws each
+plate or a collimated field around the hand, a small hand on a large plate, sensor noise, a hand turned from its pose. This module draws each
 fitted radiograph under some of those changes, with wider ranges than the suite's and its own seed (the suite
 measures; it is not the training set), and runs every variant through the inference pipeline itself (Predictor:
 turns, inversion, re-framing, with the model's INT8 U-Net) up to the regressor's geometry stage. Training then sees
@@ -37,6 +37,10 @@ DRAWS = {
     "collimation": lambda img, mask, rng: stress.collimation(img, mask, rng, levels=(0.45, 0.95), margins=(0.03, 0.25)),
     "small_on_plate": lambda img, mask, rng: stress.small_on_plate(img, rng, scales=(0.25, 0.7)),
     "noise": lambda img, mask, rng: stress.noise(img, rng, sigmas=(0.01, 0.06)),
+    # A hand turned from its own pose: the regressor reads it differently even when re-framed (stress suite, rot+-15:
+    # 1.0-1.8 months over clean on train300 and tune; train/RESULTS.md, session 17). Beyond 24 degrees the pipeline
+    # turns the hand upright first (reframe.MAX_TILT), so these views hold both kinds.
+    "rotation": lambda img, mask, rng: stress.rotate(img, float(rng.uniform(-35.0, 35.0))),
 }
 
 _predictor = None
