@@ -51,7 +51,7 @@ def input_configs(data: dict, **override) -> dict[str, PreprocessConfig]:
 # cost most of each image's time (issue 16); the overlay is drawn from this copy too, the noise smoothing at its own
 # side (conditions.DENOISE_SIDE). A 512 px copy (a mask made once, at the copy's size) takes about 40 % off each image
 # but failed its rule in sessions 14, 15 and 17: it moves single films across the turn, inversion and refusal decisions,
-# most of them on a bright plate (train300, session 17: errors over 24 months 209 -> 220; train/RESULTS.md).
+# with the net loss on a bright plate (train300, session 17: errors over 24 months 209 -> 220; train/RESULTS.md).
 WORK_SIDE = 1024
 
 
