@@ -182,19 +182,35 @@ def _levels(x: np.ndarray) -> np.ndarray | None:
     return code if np.array_equal(cv2.LUT(code, UNIT_8BIT), x) else None
 
 
+INVERSE_8BIT = np.float32(1.0) - UNIT_8BIT  # an 8-bit level inverted as the pipeline inverts (1.0 - pixels, float32)
+
+
+def _inverse_levels(x: np.ndarray) -> np.ndarray | None:
+    """uint8 level k of every pixel when `x` holds only INVERSE_8BIT's values (1.0 - an 8-bit file as loaded), else None."""
+    if x.dtype != np.float32:
+        return None
+    code = cv2.convertScaleAbs(x, alpha=-255.0, beta=255.0)  # |255 - 255 x| rounded, saturated: checked below
+    return code if np.array_equal(cv2.LUT(code, INVERSE_8BIT), x) else None
+
+
 def _stretch(x: np.ndarray, dtype=np.float32) -> np.ndarray:
     """Robust contrast stretch so exposure differences do not move the thresholds: float32 values, held in `dtype`
     (float64 for a float64 resize: the lookup table's path then makes them in one pass instead of two)."""
     # Bit-identical to np.clip((x - lo) / d, 0, 1) in float64 with np.percentile's lo, hi: the INT8 U-Net
     # turns even a float32 rounding difference into a different mask pixel now and then. An 8-bit image
     # (most radiograph files) has 256 values: percentiles from their counts, the stretch as a lookup table.
-    code = _levels(x)
+    code, values = _levels(x), UNIT_8BIT
+    if code is None:
+        # The inverse of an 8-bit file, which hand.find_hand segments whenever the polarity is not clear at once: the
+        # same 256 values in the opposite order (without this path its stretch cost three U-Net passes).
+        code, values = _inverse_levels(x), INVERSE_8BIT
     if code is not None:
         # OpenCV counts in float32, exact below 2**24 pixels; np.bincount is exact always, 3x slower.
         counts = cv2.calcHist([code], [0], None, [256], [0, 256]).ravel() if x.size < 2**24 else np.bincount(code.reshape(-1), minlength=256)
-        cum = np.cumsum(counts.astype(np.int64))
-        lo, hi = _lerp(lambda k: float(UNIT_8BIT[np.searchsorted(cum, k, side="right")]), x.size, (0.5, 99.5))
-        table = np.clip((UNIT_8BIT.astype(np.float64) - lo) / max(hi - lo, 1e-6), 0, 1).astype(np.float32)
+        order = np.argsort(values, kind="stable")  # the levels by value
+        cum = np.cumsum(counts[order].astype(np.int64))
+        lo, hi = _lerp(lambda k: float(values[order[np.searchsorted(cum, k, side="right")]]), x.size, (0.5, 99.5))
+        table = np.clip((values.astype(np.float64) - lo) / max(hi - lo, 1e-6), 0, 1).astype(np.float32)
         return cv2.LUT(code, table.astype(dtype))
     lo, hi = percentiles(x, (0.5, 99.5))
     buf = np.subtract(x, lo, dtype=np.float64)  # the same float64 arithmetic, in one buffer

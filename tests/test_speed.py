@@ -266,3 +266,20 @@ def test_medians_from_8bit_counts_are_the_partition_medians():
         for mask in (hand[: pixels.shape[0], : pixels.shape[1]], np.ones(pixels.shape, np.uint8), np.zeros(pixels.shape, np.uint8)):
             assert texture(pixels, mask) == _texture_by_partition(pixels, mask)  # bit for bit
         assert noise_level(pixels) == _noise_by_partition(pixels)
+
+
+def test_the_inverse_of_an_8bit_file_is_stretched_through_its_own_lookup_table():
+    # hand.find_hand segments 1.0 - pixels when the polarity is unclear: 256 values too, in the opposite order.
+    from edgeba.io import UNIT_8BIT
+    from edgeba.segment import _inverse_levels, _levels
+
+    img = rsna_image("1378")
+    rng = np.random.default_rng(9)
+    for x in (1.0 - img, 1.0 - UNIT_8BIT[rng.integers(0, 256, (333, 517))], 1.0 - UNIT_8BIT[rng.integers(120, 124, (64, 80))],
+              np.float32(1.0) - img[:1, :1]):
+        assert _levels(x) is None and _inverse_levels(x) is not None  # the new path runs
+        lo, hi = np.percentile(x, (0.5, 99.5))
+        plain = np.clip((x - lo) / max(hi - lo, 1e-6), 0, 1).astype(np.float32)
+        assert np.array_equal(_stretch(x), plain) and np.array_equal(_stretch(x, np.float64), plain.astype(np.float64))
+    for off_grid in (img, 1.0 - img + np.float32(1e-4), (1.0 - img).astype(np.float64)):
+        assert _inverse_levels(off_grid) is None
