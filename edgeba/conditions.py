@@ -29,7 +29,7 @@ import cv2
 import numpy as np
 
 from edgeba.io import UNIT_8BIT
-from edgeba.segment import _levels, dilate_ellipse, median_of_levels
+from edgeba.segment import _levels, dilate_ellipse, mad_of_levels
 
 WORK_SIDE = 512  # bright_surround is a fraction of the film: measured on the image at this long side
 NOISE_BAND, NOISE_STRIDE = 32, 128  # noise_level's sample: rows in a band, rows from one band to the next
@@ -65,26 +65,24 @@ def noise_level(pixels: np.ndarray) -> float:
     train radiographs clean and under noise of sigma 0.01-0.06 within 0.0025 of the whole-image value, with
     the same flag on all 240 (one-off measurement, train/RESULTS.md session 11)."""
     h = pixels.shape[0]
-    parts, pairs = [], []
+    bands = []  # (the band's pixels, their 3x3 median), each band's first and last rows dropped afterwards
     for y in range(0, max(1, h - NOISE_BAND) + 1, NOISE_STRIDE):
-        rows = slice(y, min(h, y + NOISE_BAND))
-        u8 = np.clip(pixels[rows] * 255.0 + 0.5, 0, 255).astype(np.uint8)  # the band's rows only: a quarter of the image
-        filtered = cv2.medianBlur(u8, 3)
-        if pairs is not None and (code := _levels(pixels[rows])) is not None:
-            pairs.append((code[1:-1].astype(np.int32) << 8 | filtered[1:-1]).ravel())
-        else:
-            pairs = None
-        d = pixels[rows].astype(np.float32) - filtered.astype(np.float32) / 255.0
-        parts.append(d[1:-1].ravel())
-    if pairs and (paired := np.concatenate(pairs)).size:
+        band = pixels[y : min(h, y + NOISE_BAND)]
+        u8 = np.clip(band * 255.0 + 0.5, 0, 255).astype(np.uint8)  # the band's rows only: a quarter of the image
+        bands.append((band, cv2.medianBlur(u8, 3)))
+    codes = []
+    for band, _ in bands:
+        if (code := _levels(band)) is None:
+            break
+        codes.append(code)
+    if len(codes) == len(bands) and (pairs := np.concatenate([(c[1:-1].astype(np.int32) << 8 | f[1:-1]).ravel()
+                                                              for c, (_, f) in zip(codes, bands)])).size:
         # An 8-bit file (most radiographs): every residual is one of the (level, filtered level) pairs' differences,
         # so both medians come from the pairs' counts, the same values as below, without partitioning the residuals.
-        counts = np.bincount(paired, minlength=1 << 16)
+        counts = np.bincount(pairs, minlength=1 << 16)
         seen = np.flatnonzero(counts)
-        diff = UNIT_8BIT[seen >> 8] - (seen & 255).astype(np.float32) / 255.0
-        med = median_of_levels(counts[seen], diff)
-        return 1.4826 * float(median_of_levels(counts[seen], np.abs(diff - med)))
-    d = np.concatenate(parts)
+        return 1.4826 * float(mad_of_levels(counts[seen], UNIT_8BIT[seen >> 8] - (seen & 255).astype(np.float32) / 255.0))
+    d = np.concatenate([(band.astype(np.float32) - f.astype(np.float32) / 255.0)[1:-1].ravel() for band, f in bands])
     return 1.4826 * float(np.median(np.abs(d - np.median(d)))) if d.size else 0.0
 
 

@@ -26,7 +26,7 @@ from edgeba import conditions
 from edgeba.io import UNIT_8BIT
 from edgeba.polarity import CLEAR, hand_contrast
 from edgeba.quality import MAX_AREA, MIN_AREA, OPPOSITE, MaskQuality, hand_present, mask_quality
-from edgeba.segment import _levels, median_of_levels
+from edgeba.segment import _levels, mad_of_levels
 
 ZOOM_BELOW = MIN_AREA  # a mask smaller than this (area fraction) is segmented again, zoomed in
 ZOOM_MARGIN = 0.25  # context kept around the first mask's box, fraction of its longer side
@@ -120,9 +120,7 @@ def texture(pixels: np.ndarray, mask: np.ndarray) -> float:
         # An 8-bit file's levels (most radiographs): both medians from the levels' counts, the same values (the
         # deviations computed per level by the same float32 subtraction); two partitions of the hand's pixels cost
         # 3 ms a radiograph.
-        counts = np.bincount(code, minlength=256)
-        med = median_of_levels(counts, UNIT_8BIT)
-        return float(median_of_levels(counts, np.abs(np.subtract(UNIT_8BIT, med))))
+        return float(mad_of_levels(np.bincount(code, minlength=256), UNIT_8BIT))
     np.abs(np.subtract(v, np.median(v, overwrite_input=True), out=v), out=v)
     return float(np.median(v, overwrite_input=True))
 

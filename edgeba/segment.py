@@ -175,23 +175,23 @@ def median_of_levels(counts: np.ndarray, values: np.ndarray) -> np.float32:
     return (rank(n // 2 - 1) + rank(n // 2)) / np.float32(2)
 
 
-def _levels(x: np.ndarray) -> np.ndarray | None:
-    """uint8 level of every pixel when `x` holds only io.UNIT_8BIT's values (an 8-bit file as loaded), else None."""
-    if x.dtype != np.float32:
-        return None
-    code = cv2.convertScaleAbs(x, alpha=255.0)  # rounded, saturated: checked below
-    return code if np.array_equal(cv2.LUT(code, UNIT_8BIT), x) else None
+def mad_of_levels(counts: np.ndarray, values: np.ndarray) -> np.float32:
+    """The median absolute deviation from the median, np.median(np.abs(d - np.median(d))) for float32 data `d` given
+    as in median_of_levels, the same value: each value's deviation is the same float32 subtraction."""
+    return median_of_levels(counts, np.abs(values - median_of_levels(counts, values)))
 
 
 INVERSE_8BIT = np.float32(1.0) - UNIT_8BIT  # an 8-bit level inverted as the pipeline inverts (1.0 - pixels, float32)
 
 
-def _inverse_levels(x: np.ndarray) -> np.ndarray | None:
-    """uint8 level k of every pixel when `x` holds only INVERSE_8BIT's values (1.0 - an 8-bit file), else None."""
+def _levels(x: np.ndarray, inverse: bool = False) -> np.ndarray | None:
+    """uint8 level k of every pixel when `x` holds only io.UNIT_8BIT's values (an 8-bit file as loaded), or with
+    `inverse` INVERSE_8BIT's (1.0 - such a file); else None."""
     if x.dtype != np.float32:
         return None
-    code = cv2.convertScaleAbs(x, alpha=-255.0, beta=255.0)  # |255 - 255 x| rounded, saturated: checked below
-    return code if np.array_equal(cv2.LUT(code, INVERSE_8BIT), x) else None
+    values, alpha, beta = (INVERSE_8BIT, -255.0, 255.0) if inverse else (UNIT_8BIT, 255.0, 0.0)
+    code = cv2.convertScaleAbs(x, alpha=alpha, beta=beta)  # |alpha x + beta| rounded, saturated: checked below
+    return code if np.array_equal(cv2.LUT(code, values), x) else None
 
 
 def _stretch(x: np.ndarray, dtype=np.float32) -> np.ndarray:
@@ -204,7 +204,7 @@ def _stretch(x: np.ndarray, dtype=np.float32) -> np.ndarray:
     if code is None:
         # The inverse of an 8-bit file, which hand.find_hand segments whenever the polarity is not clear at once: the
         # same 256 values in the opposite order (without this path its stretch took 9.6 ms, seven INT8 U-Net calls).
-        code, values = _inverse_levels(x), INVERSE_8BIT
+        code, values = _levels(x, inverse=True), INVERSE_8BIT
     if code is not None:
         # OpenCV counts in float32, exact below 2**24 pixels; np.bincount is exact always, 3x slower.
         counts = cv2.calcHist([code], [0], None, [256], [0, 256]).ravel() if x.size < 2**24 else np.bincount(code.reshape(-1), minlength=256)

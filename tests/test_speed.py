@@ -271,15 +271,15 @@ def test_medians_from_8bit_counts_are_the_partition_medians():
 def test_the_inverse_of_an_8bit_file_is_stretched_through_its_own_lookup_table():
     # hand.find_hand segments 1.0 - pixels when the polarity is unclear: 256 values too, in the opposite order.
     from edgeba.io import UNIT_8BIT
-    from edgeba.segment import _inverse_levels, _levels
+    from edgeba.segment import _levels
 
     img = rsna_image("1378")
     rng = np.random.default_rng(9)
     for x in (1.0 - img, 1.0 - UNIT_8BIT[rng.integers(0, 256, (333, 517))], 1.0 - UNIT_8BIT[rng.integers(120, 124, (64, 80))],
               np.float32(1.0) - img[:1, :1]):
-        assert _levels(x) is None and _inverse_levels(x) is not None  # the new path runs
+        assert _levels(x) is None and _levels(x, inverse=True) is not None  # the new path runs
         lo, hi = np.percentile(x, (0.5, 99.5))
         plain = np.clip((x - lo) / max(hi - lo, 1e-6), 0, 1).astype(np.float32)
         assert np.array_equal(_stretch(x), plain) and np.array_equal(_stretch(x, np.float64), plain.astype(np.float64))
     for off_grid in (img, 1.0 - img + np.float32(1e-4), (1.0 - img).astype(np.float64)):
-        assert _inverse_levels(off_grid) is None
+        assert _levels(off_grid, inverse=True) is None

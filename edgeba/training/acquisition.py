@@ -1,11 +1,11 @@
 """Training views of the fitted radiographs as a clinic might acquire them (robustness, issue 15).
 
 The stress suite (edgeba/stress.py) found what the regressor never saw in training and handles worst: a bright
-plate or a collimated field around the hand, a small hand on a large plate, sensor noise, a hand turned from its pose. This module draws each
-fitted radiograph under some of those changes, with wider ranges than the suite's and its own seed (the suite
-measures; it is not the training set), and runs every variant through the inference pipeline itself (Predictor:
-turns, inversion, re-framing, with the model's INT8 U-Net) up to the regressor's geometry stage. Training then sees
-what inference will see. The result is a crop cache (crops.write_crop_cache) for `--mix-cache`.
+plate or a collimated field around the hand, a small hand on a large plate, sensor noise, a hand turned from its
+pose. This module draws each fitted radiograph under some of those changes, with wider ranges than the suite's and its
+own seed (the suite measures; it is not the training set), and runs every variant through the inference pipeline
+itself (Predictor: turns, inversion, re-framing, with the model's INT8 U-Net) up to the regressor's geometry stage.
+Training then sees what inference will see. The result is a crop cache (crops.write_crop_cache) for `--mix-cache`.
 
     python -m edgeba.training.acquisition --out cache/acq_noseg256.npz --masks cache/masks_unet
 
